@@ -1,0 +1,131 @@
+//! HTTP surface: routes, shared state, and the one place errors become HTTP responses.
+
+mod publish;
+
+use std::sync::Arc;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse, ResponseError};
+use publisher::wire::InvalidUserId;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::bus::Bus;
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::ws::{self, SessionLimits};
+
+/// What every handler and socket task shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub limits: SessionLimits,
+    pub hub: Arc<Hub>,
+    pub bus: Arc<dyn Bus>,
+    pub metrics: Arc<Metrics>,
+    /// Turns true once when the node starts draining.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws/notifications/{user_id}", web::get().to(ws::upgrade))
+        .route("/ws/notifications/{user_id}/", web::get().to(ws::upgrade))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/api/publish", web::post().to(publish::publish));
+}
+
+/// The process is alive and serving HTTP.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// The node should receive traffic: its bus delivers and it is not draining.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let draining = *state.shutdown.borrow();
+    let bus_ready = state.bus.is_ready();
+    let body = json!({
+        "ready": bus_ready && !draining,
+        "bus": state.bus.kind(),
+        "bus_connected": bus_ready,
+        "draining": draining,
+    });
+    if bus_ready && !draining {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+/// Every refusal the gateway answers over HTTP. The body is always
+/// `{"error": "<code>", "message": "<human text>"}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidUserId(InvalidUserId),
+    #[error("not a WebSocket upgrade request: {0}")]
+    NotWebSocket(String),
+    #[error("this node is shutting down, retry")]
+    ShuttingDown,
+    #[error("this node holds its maximum number of connections, retry later")]
+    TooManyConnections,
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("notification bus unavailable: {0}")]
+    BusUnavailable(String),
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidUserId(_) => "invalid_user_id",
+            ApiError::NotWebSocket(_) => "not_websocket",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::TooManyConnections => "too_many_connections",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::BusUnavailable(_) => "bus_unavailable",
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            ApiError::ShuttingDown => Some(1),
+            ApiError::TooManyConnections => Some(5),
+            ApiError::BusUnavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidUserId(_) | ApiError::NotWebSocket(_) | ApiError::InvalidBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::ShuttingDown | ApiError::TooManyConnections | ApiError::BusUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.retry_after_secs() {
+            response.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        response.json(json!({ "error": self.code(), "message": self.to_string() }))
+    }
+}

@@ -1,0 +1,250 @@
+//! The local registry: which sockets of which users live on this node, and fan-out to them.
+//!
+//! The hub is the source of truth for what this node needs from the bus: a user is *wanted*
+//! while it has an entry here. An entry is created with the user's first socket and removed
+//! only after its last socket left and `ws.unsubscribe_linger_ms` passed without a new one,
+//! so a browser that reconnects at once causes no UNSUBSCRIBE/SUBSCRIBE churn.
+//!
+//! Fan-out never waits: each socket has a bounded queue, filled with `try_send`. A socket whose
+//! queue is full is removed on the spot (its sender dropped), which its session task sees as
+//! the end of its queue and answers by closing with [`crate::ws::CloseCode::SlowConsumer`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytestring::ByteString;
+use publisher::wire::{self, PayloadError, UserId};
+use tokio::sync::mpsc;
+
+use crate::metrics::{DropCause, Metrics};
+
+/// One notification as written to sockets: shared, never copied per socket.
+pub type Frame = ByteString;
+
+pub type SocketId = u64;
+
+const SHARDS: usize = 64;
+
+struct Outbox {
+    socket: SocketId,
+    tx: mpsc::Sender<Frame>,
+}
+
+#[derive(Default)]
+struct UserEntry {
+    sockets: Vec<Outbox>,
+}
+
+type Shard = HashMap<UserId, UserEntry>;
+
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    next_socket: AtomicU64,
+    queue_capacity: usize,
+    max_payload_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// A socket's end of the hub: its id and the queue the hub fills for it.
+pub struct Registration {
+    pub user: UserId,
+    pub socket: SocketId,
+    pub outbox: mpsc::Receiver<Frame>,
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize, max_payload_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            next_socket: AtomicU64::new(1),
+            queue_capacity,
+            max_payload_bytes,
+            metrics,
+        }
+    }
+
+    fn shard(&self, user: UserId) -> MutexGuard<'_, Shard> {
+        let index = BuildHasherDefault::<DefaultHasher>::default().hash_one(user) as usize % SHARDS;
+        // A poisoned shard only means a panic elsewhere while it was held; its map is still
+        // consistent (every mutation below is a single insert/remove/retain).
+        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a socket for `user`. Returns its registration and whether the user is new to this
+    /// node (the bus must then subscribe).
+    pub fn register(&self, user: UserId) -> (Registration, bool) {
+        let socket = self.next_socket.fetch_add(1, Relaxed);
+        let (tx, outbox) = mpsc::channel(self.queue_capacity);
+        let mut shard = self.shard(user);
+        let first = !shard.contains_key(&user);
+        shard.entry(user).or_default().sockets.push(Outbox { socket, tx });
+        drop(shard);
+        if first {
+            self.metrics.users.fetch_add(1, Relaxed);
+        }
+        self.metrics.sockets_open.fetch_add(1, Relaxed);
+        self.metrics.sockets_opened_total.fetch_add(1, Relaxed);
+        (Registration { user, socket, outbox }, first)
+    }
+
+    /// Removes a socket (it may already be gone if fan-out evicted it). Returns true when the
+    /// user has no socket left here, so the caller schedules [`Hub::release_if_idle`].
+    /// Call exactly once per registration.
+    pub fn unregister(&self, user: UserId, socket: SocketId) -> bool {
+        self.metrics.sockets_open.fetch_sub(1, Relaxed);
+        let mut shard = self.shard(user);
+        let Some(entry) = shard.get_mut(&user) else {
+            return false;
+        };
+        entry.sockets.retain(|o| o.socket != socket);
+        entry.sockets.is_empty()
+    }
+
+    /// Forgets a user whose sockets are all gone. Returns true if it was removed, so the bus
+    /// must drop its subscription.
+    pub fn release_if_idle(&self, user: UserId) -> bool {
+        let mut shard = self.shard(user);
+        let idle = shard.get(&user).is_some_and(|e| e.sockets.is_empty());
+        if idle {
+            shard.remove(&user);
+            drop(shard);
+            self.metrics.users.fetch_sub(1, Relaxed);
+        }
+        idle
+    }
+
+    /// Whether this node needs `user`'s channel.
+    pub fn wants(&self, user: UserId) -> bool {
+        self.shard(user).contains_key(&user)
+    }
+
+    /// Every user this node needs, for a full re-subscription after a bus reconnect.
+    pub fn users(&self) -> Vec<UserId> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.lock().unwrap_or_else(|e| e.into_inner()).keys().copied());
+        }
+        all
+    }
+
+    /// Validates one payload from the bus and queues it to every local socket of `user`.
+    /// Returns the number of sockets it was queued to.
+    pub fn deliver(&self, user: UserId, payload: &[u8]) -> usize {
+        self.metrics.messages_received_total.fetch_add(1, Relaxed);
+        let info = match wire::check_payload(payload, self.max_payload_bytes) {
+            Ok(info) => info,
+            Err(err) => {
+                let cause = match err {
+                    PayloadError::TooLarge { .. } => DropCause::Oversized,
+                    PayloadError::Malformed(_) => DropCause::Malformed,
+                };
+                self.metrics.dropped(cause, 1);
+                tracing::warn!(%user, error = %err, "dropped payload");
+                return 0;
+            }
+        };
+        if let Some(sent_ms) = info.timestamp_ms {
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            self.metrics.observe_latency_ms(now_ms.saturating_sub(sent_ms));
+        }
+
+        let mut shard = self.shard(user);
+        let Some(entry) = shard.get_mut(&user).filter(|e| !e.sockets.is_empty()) else {
+            return 0;
+        };
+        // check_payload parsed it as JSON, so this UTF-8 check cannot fail; it runs once per
+        // message, and every socket then shares the same bytes.
+        let Ok(frame) = Frame::try_from(payload.to_vec()) else {
+            return 0;
+        };
+        let before = entry.sockets.len();
+        let mut delivered = 0;
+        entry.sockets.retain(|outbox| match outbox.tx.try_send(frame.clone()) {
+            Ok(()) => {
+                delivered += 1;
+                true
+            }
+            // Full: evict as a slow consumer. Closed: the session is ending and unregisters.
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        let evicted = before - entry.sockets.len();
+        drop(shard);
+        self.metrics.frames_delivered_total.fetch_add(delivered as u64, Relaxed);
+        if evicted > 0 {
+            self.metrics.dropped(DropCause::SlowClient, evicted as u64);
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(queue: usize) -> Hub {
+        Hub::new(queue, 1024, Arc::new(Metrics::default()))
+    }
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    const NOTE: &[u8] = br#"{"type":"info","message":"hi"}"#;
+
+    #[test]
+    fn every_socket_of_a_user_and_no_other_gets_the_frame() {
+        let hub = hub(4);
+        let (mut a1, first) = hub.register(user(1));
+        assert!(first);
+        let (mut a2, first) = hub.register(user(1));
+        assert!(!first);
+        let (mut b, _) = hub.register(user(2));
+        assert_eq!(hub.deliver(user(1), NOTE), 2);
+        assert_eq!(a1.outbox.try_recv().unwrap().as_bytes(), NOTE);
+        assert_eq!(a2.outbox.try_recv().unwrap().as_bytes(), NOTE);
+        assert!(b.outbox.try_recv().is_err());
+    }
+
+    #[test]
+    fn last_socket_leaving_releases_the_user_only_when_idle() {
+        let hub = hub(4);
+        let (a, _) = hub.register(user(1));
+        assert!(hub.unregister(user(1), a.socket));
+        assert!(hub.wants(user(1)), "lingers until released");
+        let (b, first) = hub.register(user(1));
+        assert!(!first, "a quick reconnect reuses the subscription");
+        assert!(!hub.release_if_idle(user(1)));
+        assert!(hub.unregister(user(1), b.socket));
+        assert!(hub.release_if_idle(user(1)));
+        assert!(!hub.wants(user(1)));
+    }
+
+    #[test]
+    fn a_full_queue_evicts_only_that_socket() {
+        let hub = hub(1);
+        let (mut slow, _) = hub.register(user(1));
+        let (mut fast, _) = hub.register(user(1));
+        assert_eq!(hub.deliver(user(1), NOTE), 2);
+        fast.outbox.try_recv().unwrap();
+        assert_eq!(hub.deliver(user(1), NOTE), 1, "slow socket evicted, fast one served");
+        assert_eq!(fast.outbox.try_recv().unwrap().as_bytes(), NOTE);
+        slow.outbox.try_recv().unwrap();
+        assert!(matches!(slow.outbox.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert_eq!(hub.metrics.dropped_count(DropCause::SlowClient), 1);
+    }
+
+    #[test]
+    fn malformed_payloads_are_counted_not_delivered() {
+        let hub = hub(4);
+        let (mut a, _) = hub.register(user(1));
+        assert_eq!(hub.deliver(user(1), b"{oops"), 0);
+        assert_eq!(hub.deliver(user(1), &[b'x'; 2048]), 0);
+        assert!(a.outbox.try_recv().is_err());
+        assert_eq!(hub.metrics.dropped_count(DropCause::Malformed), 1);
+        assert_eq!(hub.metrics.dropped_count(DropCause::Oversized), 1);
+    }
+}

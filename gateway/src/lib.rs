@@ -1,0 +1,161 @@
+//! A horizontally scaled WebSocket notification gateway.
+//!
+//! Browsers hold a WebSocket on `/ws/notifications/{user_id}/` on any replica; backends
+//! publish a JSON notification once on the Redis channel `user_<id>`, and every socket of that
+//! user on every replica receives it as one text frame.
+//!
+//! ```text
+//!  Redis ──(one pub/sub connection per node)──▶ bus ──deliver──▶ hub ──try_send──▶ socket queue
+//!                                               ▲                  │                   │
+//!                   interest_changed (first/last socket of a user) ┘       session task ▼
+//!                                                                              WebSocket
+//! ```
+//!
+//! - [`config`]: layered settings (defaults < file < `GW__*` environment), validated.
+//! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out) or
+//!   [`bus::memory`] (single node), behind one trait.
+//! - [`hub`]: the local registry of users and sockets, and the non-blocking fan-out.
+//! - [`ws`]: the upgrade handler, the per-socket task, and the close codes.
+//! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`) and error mapping.
+//! - [`metrics`]: counters rendered for Prometheus.
+//!
+//! [`run`] wires them together; `main.rs` only parses arguments, loads the configuration and
+//! installs logging.
+
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod telemetry;
+pub mod ws;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+use tokio::sync::watch;
+
+use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
+use crate::config::{ms, Settings};
+use crate::http::AppState;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
+/// function returns within `server.drain_timeout_ms`.
+///
+/// Must run inside an actix system (`#[actix_web::main]` or `actix_web::rt::System`).
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let settings = Arc::new(settings);
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(
+        settings.ws.outbound_queue,
+        settings.redis.max_payload_bytes,
+        metrics.clone(),
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let bus: Arc<dyn Bus> = match settings.redis_url() {
+        Some(url) => {
+            let bus = RedisBus::start(&settings.redis, url, hub.clone(), metrics.clone(), stop_rx.clone())
+                .map_err(std::io::Error::other)?;
+            tracing::info!(redis = %redact_url(url), "scaled-out mode: subscribing through Redis");
+            Arc::new(bus)
+        }
+        None => {
+            tracing::warn!(
+                "single-node mode: no redis.url configured, notifications travel on an in-process \
+                 bus; run one replica only (set GW__REDIS__URL to scale out)"
+            );
+            Arc::new(MemoryBus::new(hub.clone()))
+        }
+    };
+
+    let state = AppState {
+        limits: (&settings.ws).into(),
+        settings: settings.clone(),
+        hub,
+        bus,
+        metrics,
+        shutdown: stop_rx,
+    };
+    let drain = ms(settings.server.drain_timeout_ms);
+    let workers = match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let address = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .configure(http::routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(drain.as_secs().max(1))
+    .max_connections(settings.server.max_connections + 1024)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    tracing::info!(%address, workers, "gateway listening");
+
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        _ = shutdown => {}
+    }
+    tracing::info!(deadline = ?drain, "draining: closing every socket with 1012");
+    let _ = stop_tx.send(true);
+    let stopping = handle.stop(true);
+    match tokio::time::timeout(drain, async { tokio::join!(stopping, &mut server).1 }).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("drain deadline reached with connections still open; exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the gateway on its own actix system until SIGTERM/SIGINT, then drains.
+pub fn serve(settings: Settings, listener: TcpListener) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(run(settings, listener, shutdown_signal()))
+}
+
+/// A URL safe to log: the password, if any, replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(super::redact_url("redis://:s3cret@redis:6379/0"), "redis://***@redis:6379/0");
+        assert_eq!(super::redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

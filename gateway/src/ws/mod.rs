@@ -1,0 +1,60 @@
+//! The browser-facing WebSocket endpoint: `GET /ws/notifications/{user_id}/`.
+//!
+//! [`upgrade`] checks the request before anything is upgraded, registers the socket with the
+//! hub, waits (bounded) until the bus delivers the user's channel, then hands the socket to
+//! its own task in [`session`].
+
+mod close;
+mod session;
+
+pub use close::CloseCode;
+pub use session::SessionLimits;
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use publisher::wire::UserId;
+
+use crate::config::ms;
+use crate::http::{ApiError, AppState};
+
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    user_id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let refused = |e: ApiError| {
+        state.metrics.upgrades_refused_total.fetch_add(1, Relaxed);
+        e
+    };
+    let user: UserId = user_id.parse().map_err(|e| refused(ApiError::InvalidUserId(e)))?;
+    if *state.shutdown.borrow() {
+        return Err(refused(ApiError::ShuttingDown));
+    }
+    if state.metrics.sockets_open.load(Relaxed) >= state.settings.server.max_connections as u64 {
+        return Err(refused(ApiError::TooManyConnections));
+    }
+    let (response, session, stream) =
+        actix_ws::handle(&req, body).map_err(|e| refused(ApiError::NotWebSocket(e.to_string())))?;
+    let stream = stream
+        .max_frame_size(state.settings.ws.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(state.settings.ws.max_frame_bytes);
+
+    let (registration, _first) = state.hub.register(user);
+    // Every socket waits for the subscription, not only the user's first: a second socket
+    // that arrives while the first one's SUBSCRIBE is in flight must not miss anything either.
+    let subscribed = state.bus.interest_changed(user);
+    if tokio::time::timeout(ms(state.settings.redis.subscribe_timeout_ms), subscribed).await.is_err() {
+        tracing::warn!(%user, "bus did not confirm the subscription in time; socket opens anyway");
+    }
+    tracing::debug!(%user, socket = registration.socket, "socket open");
+    actix_web::rt::spawn(session::run(
+        session,
+        stream,
+        registration,
+        state.get_ref().clone(),
+    ));
+    Ok(response)
+}

@@ -1,0 +1,131 @@
+//! One task per socket: it alone writes to the socket, so nothing else ever awaits it.
+//!
+//! The task drains the socket's hub queue into the WebSocket, reads (and mostly ignores) what
+//! the client sends, pings on an interval, and closes the socket with the code that tells the
+//! client what to do (see [`CloseCode`]).
+
+use std::time::Duration;
+
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError, Session};
+use futures_util::StreamExt;
+use tokio::time::{timeout, Instant, MissedTickBehavior};
+
+use super::CloseCode;
+use crate::config::{ms, WsSettings};
+use crate::http::AppState;
+use crate::hub::Registration;
+
+/// Upper bound for sending the close frame, so a dead peer cannot hold the task.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl From<&WsSettings> for SessionLimits {
+    fn from(ws: &WsSettings) -> Self {
+        SessionLimits {
+            ping_interval: ms(ws.ping_interval_ms),
+            idle_timeout: ms(ws.idle_timeout_ms),
+            write_timeout: ms(ws.write_timeout_ms),
+        }
+    }
+}
+
+/// How a session ended.
+enum End {
+    /// We close with this code.
+    Close(CloseCode),
+    /// The client closed or the connection is gone; nothing left to send.
+    Gone,
+}
+
+pub async fn run(
+    mut session: Session,
+    mut stream: AggregatedMessageStream,
+    registration: Registration,
+    state: AppState,
+) {
+    let Registration {
+        user,
+        socket,
+        mut outbox,
+    } = registration;
+    let limits = state.limits;
+    let mut shutdown = state.shutdown.clone();
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
+            frame = outbox.recv() => match frame {
+                Some(frame) => match timeout(limits.write_timeout, session.text(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_closed)) => break End::Gone,
+                    Err(_elapsed) => {
+                        state.metrics.dropped(crate::metrics::DropCause::SlowClient, 1);
+                        break End::Close(CloseCode::SlowConsumer);
+                    }
+                },
+                // The hub dropped our queue: it overflowed.
+                None => break End::Close(CloseCode::SlowConsumer),
+            },
+            message = stream.next() => {
+                last_heard = Instant::now();
+                match message {
+                    Some(Ok(AggregatedMessage::Ping(payload))) => {
+                        if timeout(limits.write_timeout, session.pong(&payload)).await.is_err() {
+                            break End::Close(CloseCode::SlowConsumer);
+                        }
+                    }
+                    // Clients have nothing to say on this protocol yet: text and binary
+                    // frames within the size limit are ignored, as Django's consumer did.
+                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Text(_) | AggregatedMessage::Binary(_))) => {}
+                    Some(Ok(AggregatedMessage::Close(_))) => break End::Close(CloseCode::Normal),
+                    Some(Err(ProtocolError::Overflow)) => break End::Close(CloseCode::MessageTooBig),
+                    Some(Err(error)) => {
+                        tracing::debug!(%user, socket, %error, "protocol error");
+                        break End::Close(CloseCode::ProtocolError);
+                    }
+                    None => break End::Gone,
+                }
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= limits.idle_timeout {
+                    break End::Close(CloseCode::IdleTimeout);
+                }
+                if timeout(limits.write_timeout, session.ping(b"")).await.is_err() {
+                    break End::Close(CloseCode::SlowConsumer);
+                }
+            }
+        }
+    };
+
+    if let End::Close(code) = end {
+        tracing::debug!(%user, socket, code = code.code(), "closing socket");
+        let _ = timeout(CLOSE_TIMEOUT, session.close(Some(code.reason()))).await;
+    }
+    // Dropping the session and stream ends the response body, which closes the connection.
+    drop(stream);
+    if state.hub.unregister(user, socket) {
+        release_later(state, user);
+    }
+}
+
+/// Drops the user's subscription after the linger period, unless a socket came back.
+fn release_later(state: AppState, user: publisher::wire::UserId) {
+    let linger = ms(state.settings.ws.unsubscribe_linger_ms);
+    actix_web::rt::spawn(async move {
+        tokio::time::sleep(linger).await;
+        if state.hub.release_if_idle(user) {
+            // Registered on the call; no need to wait for Redis to confirm the UNSUBSCRIBE.
+            drop(state.bus.interest_changed(user));
+        }
+    });
+}

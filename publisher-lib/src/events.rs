@@ -1,0 +1,565 @@
+//! Typed events: every notification the parking app sends today.
+//!
+//! Each [`Event`] knows its [`Level`], its dotted event name and a default English message, and
+//! turns into a [`Notification`] whose `data` holds the event's fields under their snake_case
+//! names. Prefer these over free-form notifications so browsers can rely on the names and
+//! fields listed in `docs/PROTOCOL.md`.
+//!
+//! ```
+//! use publisher::{Event, Notification};
+//!
+//! let n: Notification = Event::BookingExpired { booking_id: 1881, slot: "B-07".into() }.into();
+//! assert_eq!(n.event.as_deref(), Some("booking.expired"));
+//! assert_eq!(n.message, "Your booking for slot B-07 has expired");
+//!
+//! // Same event, own wording:
+//! let n = Event::BookingExpired { booking_id: 1881, slot: "B-07".into() }
+//!     .with_message("Time is up for B-07");
+//! assert_eq!(n.message, "Time is up for B-07");
+//! ```
+
+use serde_json::{Map, Value};
+
+use crate::notification::Notification;
+use crate::wire::Level;
+
+/// A notification the parking app sends, with its structured fields.
+///
+/// Ids are database ids (`u64`); amounts are decimal text (`"12.50"`) so no precision is lost;
+/// times are ISO 8601 text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The user's booking ends soon. Level warning, `booking.expiring_soon`.
+    BookingExpiringSoon {
+        booking_id: u64,
+        slot: String,
+        minutes_left: u32,
+    },
+    /// The user's booking has ended. Level info, `booking.expired`.
+    BookingExpired { booking_id: u64, slot: String },
+    /// The booking was extended. Level success, `booking.renewed`.
+    BookingRenewed {
+        booking_id: u64,
+        /// New end time, ISO 8601 (e.g. `"2025-06-01T18:30:00+02:00"`).
+        new_end: String,
+    },
+    /// Extending the booking failed. Level error, `booking.renewal_failed`.
+    BookingRenewalFailed { booking_id: u64, reason: String },
+    /// The system released the slot because the booking ran out. Level warning,
+    /// `booking.slot_auto_expired`.
+    SlotAutoExpired { booking_id: u64, slot: String },
+    /// The lot owner declined the booking. Level warning, `booking.declined`.
+    /// `reason` is left out of `data` when `None`.
+    BookingDeclined {
+        booking_id: u64,
+        reason: Option<String>,
+    },
+    /// Staff confirmed a cash payment. Level success, `payment.cash_verified`.
+    CashPaymentVerified {
+        booking_id: u64,
+        /// Decimal text, e.g. `"12.50"`.
+        amount: String,
+        /// ISO 4217 code, e.g. `"EUR"`.
+        currency: String,
+    },
+    /// Sent to the lot owner when a customer books. Level info, `booking.created`.
+    BookingCreated {
+        booking_id: u64,
+        lot: String,
+        customer: String,
+    },
+    /// The car wash ordered with a booking is done. Level success, `carwash.completed`.
+    CarWashCompleted { booking_id: u64, service: String },
+    /// Sent to the lot owner when an employee is assigned to a lot. Level info,
+    /// `employee.assigned`.
+    EmployeeAssigned {
+        employee_id: u64,
+        employee_name: String,
+        lot: String,
+    },
+}
+
+impl Event {
+    /// The severity the browser shows.
+    pub fn level(&self) -> Level {
+        match self {
+            Event::BookingExpiringSoon { .. } => Level::Warning,
+            Event::BookingExpired { .. } => Level::Info,
+            Event::BookingRenewed { .. } => Level::Success,
+            Event::BookingRenewalFailed { .. } => Level::Error,
+            Event::SlotAutoExpired { .. } => Level::Warning,
+            Event::BookingDeclined { .. } => Level::Warning,
+            Event::CashPaymentVerified { .. } => Level::Success,
+            Event::BookingCreated { .. } => Level::Info,
+            Event::CarWashCompleted { .. } => Level::Success,
+            Event::EmployeeAssigned { .. } => Level::Info,
+        }
+    }
+
+    /// The dotted event name that goes in the notification's `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::BookingExpiringSoon { .. } => "booking.expiring_soon",
+            Event::BookingExpired { .. } => "booking.expired",
+            Event::BookingRenewed { .. } => "booking.renewed",
+            Event::BookingRenewalFailed { .. } => "booking.renewal_failed",
+            Event::SlotAutoExpired { .. } => "booking.slot_auto_expired",
+            Event::BookingDeclined { .. } => "booking.declined",
+            Event::CashPaymentVerified { .. } => "payment.cash_verified",
+            Event::BookingCreated { .. } => "booking.created",
+            Event::CarWashCompleted { .. } => "carwash.completed",
+            Event::EmployeeAssigned { .. } => "employee.assigned",
+        }
+    }
+
+    /// The English text shown when the caller gives none.
+    pub fn default_message(&self) -> String {
+        match self {
+            Event::BookingExpiringSoon {
+                slot, minutes_left, ..
+            } => {
+                let unit = if *minutes_left == 1 {
+                    "minute"
+                } else {
+                    "minutes"
+                };
+                format!("Your booking for slot {slot} expires in {minutes_left} {unit}")
+            }
+            Event::BookingExpired { slot, .. } => {
+                format!("Your booking for slot {slot} has expired")
+            }
+            Event::BookingRenewed { new_end, .. } => {
+                format!("Your booking has been renewed until {new_end}")
+            }
+            Event::BookingRenewalFailed { reason, .. } => {
+                format!("Your booking could not be renewed: {reason}")
+            }
+            Event::SlotAutoExpired { slot, .. } => {
+                format!("Slot {slot} was released automatically because your booking ended")
+            }
+            Event::BookingDeclined { reason, .. } => match reason.as_deref().map(str::trim) {
+                Some(reason) if !reason.is_empty() => {
+                    format!("Your booking was declined: {reason}")
+                }
+                _ => "Your booking was declined".to_owned(),
+            },
+            Event::CashPaymentVerified {
+                amount, currency, ..
+            } => format!("Your cash payment of {amount} {currency} has been verified"),
+            Event::BookingCreated { lot, customer, .. } => {
+                format!("New booking at {lot} by {customer}")
+            }
+            Event::CarWashCompleted { service, .. } => {
+                format!("Your car wash ({service}) is complete")
+            }
+            Event::EmployeeAssigned {
+                employee_name, lot, ..
+            } => format!("{employee_name} has been assigned to {lot}"),
+        }
+    }
+
+    /// The event's fields as the notification's `data` object.
+    pub fn data(&self) -> Map<String, Value> {
+        // Keys are the Rust field names; docs/PROTOCOL.md lists them for other languages.
+        let pairs: Vec<(&str, Value)> = match self {
+            Event::BookingExpiringSoon {
+                booking_id,
+                slot,
+                minutes_left,
+            } => vec![
+                ("booking_id", (*booking_id).into()),
+                ("slot", slot.as_str().into()),
+                ("minutes_left", (*minutes_left).into()),
+            ],
+            Event::BookingExpired { booking_id, slot }
+            | Event::SlotAutoExpired { booking_id, slot } => vec![
+                ("booking_id", (*booking_id).into()),
+                ("slot", slot.as_str().into()),
+            ],
+            Event::BookingRenewed {
+                booking_id,
+                new_end,
+            } => vec![
+                ("booking_id", (*booking_id).into()),
+                ("new_end", new_end.as_str().into()),
+            ],
+            Event::BookingRenewalFailed { booking_id, reason } => vec![
+                ("booking_id", (*booking_id).into()),
+                ("reason", reason.as_str().into()),
+            ],
+            Event::BookingDeclined { booking_id, reason } => {
+                let mut pairs = vec![("booking_id", (*booking_id).into())];
+                if let Some(reason) = reason {
+                    pairs.push(("reason", reason.as_str().into()));
+                }
+                pairs
+            }
+            Event::CashPaymentVerified {
+                booking_id,
+                amount,
+                currency,
+            } => vec![
+                ("booking_id", (*booking_id).into()),
+                ("amount", amount.as_str().into()),
+                ("currency", currency.as_str().into()),
+            ],
+            Event::BookingCreated {
+                booking_id,
+                lot,
+                customer,
+            } => vec![
+                ("booking_id", (*booking_id).into()),
+                ("lot", lot.as_str().into()),
+                ("customer", customer.as_str().into()),
+            ],
+            Event::CarWashCompleted {
+                booking_id,
+                service,
+            } => vec![
+                ("booking_id", (*booking_id).into()),
+                ("service", service.as_str().into()),
+            ],
+            Event::EmployeeAssigned {
+                employee_id,
+                employee_name,
+                lot,
+            } => vec![
+                ("employee_id", (*employee_id).into()),
+                ("employee_name", employee_name.as_str().into()),
+                ("lot", lot.as_str().into()),
+            ],
+        };
+        pairs
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect()
+    }
+
+    /// The notification with the default English message.
+    pub fn into_notification(self) -> Notification {
+        let message = self.default_message();
+        self.with_message(message)
+    }
+
+    /// The notification with your own message (e.g. a translation) instead of the default.
+    pub fn with_message(self, message: impl Into<String>) -> Notification {
+        let mut notification = Notification::new(self.level(), message).with_event(self.name());
+        notification.data = self.data();
+        notification
+    }
+}
+
+impl From<Event> for Notification {
+    fn from(event: Event) -> Self {
+        event.into_notification()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::wire::{check_payload, DEFAULT_MAX_PAYLOAD_BYTES};
+
+    /// Serialises the way the publisher does (minus the timestamp) and checks the gateway
+    /// would accept it.
+    fn wire_json(event: Event) -> Value {
+        let payload = Notification::from(event)
+            .to_payload(DEFAULT_MAX_PAYLOAD_BYTES)
+            .expect("typed events always serialise");
+        check_payload(&payload, DEFAULT_MAX_PAYLOAD_BYTES).expect("gateway accepts it");
+        serde_json::from_slice(&payload).expect("valid JSON")
+    }
+
+    #[test]
+    fn booking_expiring_soon() {
+        let event = Event::BookingExpiringSoon {
+            booking_id: 1881,
+            slot: "A-12".into(),
+            minutes_left: 5,
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "warning",
+                "message": "Your booking for slot A-12 expires in 5 minutes",
+                "event": "booking.expiring_soon",
+                "data": {"booking_id": 1881, "slot": "A-12", "minutes_left": 5},
+            })
+        );
+        let one = Event::BookingExpiringSoon {
+            booking_id: 1,
+            slot: "A-1".into(),
+            minutes_left: 1,
+        };
+        assert_eq!(
+            one.default_message(),
+            "Your booking for slot A-1 expires in 1 minute"
+        );
+    }
+
+    #[test]
+    fn booking_expired() {
+        let event = Event::BookingExpired {
+            booking_id: 1881,
+            slot: "A-12".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "info",
+                "message": "Your booking for slot A-12 has expired",
+                "event": "booking.expired",
+                "data": {"booking_id": 1881, "slot": "A-12"},
+            })
+        );
+    }
+
+    #[test]
+    fn booking_renewed() {
+        let event = Event::BookingRenewed {
+            booking_id: 1881,
+            new_end: "2025-06-01T18:30:00+02:00".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "success",
+                "message": "Your booking has been renewed until 2025-06-01T18:30:00+02:00",
+                "event": "booking.renewed",
+                "data": {"booking_id": 1881, "new_end": "2025-06-01T18:30:00+02:00"},
+            })
+        );
+    }
+
+    #[test]
+    fn booking_renewal_failed() {
+        let event = Event::BookingRenewalFailed {
+            booking_id: 1881,
+            reason: "the slot is booked by someone else".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "error",
+                "message": "Your booking could not be renewed: the slot is booked by someone else",
+                "event": "booking.renewal_failed",
+                "data": {"booking_id": 1881, "reason": "the slot is booked by someone else"},
+            })
+        );
+    }
+
+    #[test]
+    fn slot_auto_expired() {
+        let event = Event::SlotAutoExpired {
+            booking_id: 1881,
+            slot: "A-12".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "warning",
+                "message": "Slot A-12 was released automatically because your booking ended",
+                "event": "booking.slot_auto_expired",
+                "data": {"booking_id": 1881, "slot": "A-12"},
+            })
+        );
+    }
+
+    #[test]
+    fn booking_declined_with_and_without_reason() {
+        let event = Event::BookingDeclined {
+            booking_id: 1881,
+            reason: Some("lot closed for maintenance".into()),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "warning",
+                "message": "Your booking was declined: lot closed for maintenance",
+                "event": "booking.declined",
+                "data": {"booking_id": 1881, "reason": "lot closed for maintenance"},
+            })
+        );
+        let event = Event::BookingDeclined {
+            booking_id: 1881,
+            reason: None,
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "warning",
+                "message": "Your booking was declined",
+                "event": "booking.declined",
+                "data": {"booking_id": 1881},
+            })
+        );
+    }
+
+    #[test]
+    fn cash_payment_verified() {
+        let event = Event::CashPaymentVerified {
+            booking_id: 1881,
+            amount: "12.50".into(),
+            currency: "EUR".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "success",
+                "message": "Your cash payment of 12.50 EUR has been verified",
+                "event": "payment.cash_verified",
+                "data": {"booking_id": 1881, "amount": "12.50", "currency": "EUR"},
+            })
+        );
+    }
+
+    #[test]
+    fn booking_created() {
+        let event = Event::BookingCreated {
+            booking_id: 1881,
+            lot: "Central Garage".into(),
+            customer: "Dana Smith".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "info",
+                "message": "New booking at Central Garage by Dana Smith",
+                "event": "booking.created",
+                "data": {"booking_id": 1881, "lot": "Central Garage", "customer": "Dana Smith"},
+            })
+        );
+    }
+
+    #[test]
+    fn car_wash_completed() {
+        let event = Event::CarWashCompleted {
+            booking_id: 1881,
+            service: "Premium wash".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "success",
+                "message": "Your car wash (Premium wash) is complete",
+                "event": "carwash.completed",
+                "data": {"booking_id": 1881, "service": "Premium wash"},
+            })
+        );
+    }
+
+    #[test]
+    fn employee_assigned() {
+        let event = Event::EmployeeAssigned {
+            employee_id: 311,
+            employee_name: "Sam Lee".into(),
+            lot: "Central Garage".into(),
+        };
+        assert_eq!(
+            wire_json(event),
+            json!({
+                "type": "info",
+                "message": "Sam Lee has been assigned to Central Garage",
+                "event": "employee.assigned",
+                "data": {"employee_id": 311, "employee_name": "Sam Lee", "lot": "Central Garage"},
+            })
+        );
+    }
+
+    #[test]
+    fn custom_message_keeps_level_name_and_data() {
+        let n = Event::CarWashCompleted {
+            booking_id: 9,
+            service: "Basic".into(),
+        }
+        .with_message("Votre voiture est prête");
+        assert_eq!(
+            serde_json::to_value(&n).unwrap(),
+            json!({
+                "type": "success",
+                "message": "Votre voiture est prête",
+                "event": "carwash.completed",
+                "data": {"booking_id": 9, "service": "Basic"},
+            })
+        );
+    }
+
+    #[test]
+    fn protocol_doc_lists_every_event_with_its_level_and_fields() {
+        // docs/PROTOCOL.md is what non-Rust publishers read: keep its table in step.
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let samples = [
+            Event::BookingExpiringSoon {
+                booking_id: 1,
+                slot: "s".into(),
+                minutes_left: 2,
+            },
+            Event::BookingExpired {
+                booking_id: 1,
+                slot: "s".into(),
+            },
+            Event::BookingRenewed {
+                booking_id: 1,
+                new_end: "t".into(),
+            },
+            Event::BookingRenewalFailed {
+                booking_id: 1,
+                reason: "r".into(),
+            },
+            Event::SlotAutoExpired {
+                booking_id: 1,
+                slot: "s".into(),
+            },
+            Event::BookingDeclined {
+                booking_id: 1,
+                reason: Some("r".into()),
+            },
+            Event::CashPaymentVerified {
+                booking_id: 1,
+                amount: "1.00".into(),
+                currency: "EUR".into(),
+            },
+            Event::BookingCreated {
+                booking_id: 1,
+                lot: "l".into(),
+                customer: "c".into(),
+            },
+            Event::CarWashCompleted {
+                booking_id: 1,
+                service: "s".into(),
+            },
+            Event::EmployeeAssigned {
+                employee_id: 1,
+                employee_name: "n".into(),
+                lot: "l".into(),
+            },
+        ];
+        for event in samples {
+            let prefix = format!("| `{}` | {} |", event.name(), event.level());
+            let row = doc
+                .lines()
+                .find(|line| line.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("PROTOCOL.md has no row starting {prefix:?}"));
+            for key in event.data().keys() {
+                assert!(
+                    row.contains(&format!("`{key}`")),
+                    "{prefix}: field {key} missing"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn largest_ids_stay_exact() {
+        // JSON numbers above 2^53 lose precision in JavaScript, but the wire text must be exact.
+        let n = Notification::from(Event::BookingExpired {
+            booking_id: u64::MAX,
+            slot: "Z".into(),
+        });
+        let text = String::from_utf8(n.to_payload(DEFAULT_MAX_PAYLOAD_BYTES).unwrap()).unwrap();
+        assert!(text.contains("18446744073709551615"), "{text}");
+    }
+}

@@ -1,0 +1,347 @@
+//! The Redis side: a pooled, time-bounded PUBLISH to `user_<id>` channels.
+
+use std::fmt;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Pipeline};
+use deadpool_redis::{Manager, Pool, Runtime};
+use tokio::time::Instant;
+
+use crate::error::PublishError;
+use crate::notification::{now_millis, Notification};
+use crate::wire::{self, UserId};
+
+/// First pause before retrying a connection error; doubles on each further retry.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How a [`Publisher`] talks to Redis.
+///
+/// Build it with struct update syntax so new fields keep their defaults:
+///
+/// ```
+/// use std::time::Duration;
+/// use publisher::PublisherOptions;
+///
+/// let options = PublisherOptions { timeout: Duration::from_millis(500), ..Default::default() };
+/// assert_eq!(options.retries, 2);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublisherOptions {
+    /// Most Redis connections kept open. Default 8. Each connection is multiplexed, so a few
+    /// serve many concurrent publishes. Ignored by [`Publisher::from_pool`].
+    pub pool_size: usize,
+    /// Upper bound for one call (`publish`, `publish_payload`, `publish_many`, `ping`),
+    /// covering the wait for a pooled connection, connecting, retries and the reply.
+    /// Default 2 s. When it passes the call returns [`ErrorKind::Timeout`](crate::ErrorKind::Timeout).
+    pub timeout: Duration,
+    /// Largest payload sent, in bytes. Default [`wire::DEFAULT_MAX_PAYLOAD_BYTES`] (64 KiB),
+    /// the gateway's default limit; keep it no higher than the gateways' setting or they will
+    /// drop what you send.
+    pub max_payload_bytes: usize,
+    /// Extra attempts after a connection error (Redis restarting, failover), with a short
+    /// doubling pause starting at 50 ms, all within `timeout`. Default 2. Errors Redis answers
+    /// with (wrong password, ACL) and timeouts are never retried.
+    pub retries: u32,
+}
+
+impl Default for PublisherOptions {
+    /// `pool_size` 8, `timeout` 2 s, `max_payload_bytes` 64 KiB, `retries` 2.
+    fn default() -> Self {
+        PublisherOptions {
+            pool_size: 8,
+            timeout: Duration::from_secs(2),
+            max_payload_bytes: wire::DEFAULT_MAX_PAYLOAD_BYTES,
+            retries: 2,
+        }
+    }
+}
+
+impl PublisherOptions {
+    fn validate(&self) -> Result<(), PublishError> {
+        if self.pool_size == 0 {
+            return Err(PublishError::InvalidOptions("pool_size must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            return Err(PublishError::InvalidOptions(
+                "timeout must be more than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sends notifications to users through Redis.
+///
+/// Cheap to clone (the pool is shared): build one at startup and hand clones to your tasks.
+/// Needs a Tokio runtime with the time driver enabled. Every call returns within
+/// [`PublisherOptions::timeout`].
+///
+/// Delivery is at most once per successful call, except that a connection that breaks
+/// after a PUBLISH was written is retried, so that rare case may deliver twice.
+#[derive(Clone)]
+pub struct Publisher {
+    pool: Pool,
+    options: PublisherOptions,
+}
+
+impl fmt::Debug for Publisher {
+    // Hand-written so the Redis URL (which may hold a password) never reaches the logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("options", &self.options)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher for `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://` once
+    /// the TLS feature is enabled) with default options.
+    ///
+    /// Does not touch the network: connections open on first use. Call [`Publisher::ping`]
+    /// at startup to fail fast on a wrong host or password.
+    pub fn connect(url: &str) -> Result<Self, PublishError> {
+        Self::with_options(url, PublisherOptions::default())
+    }
+
+    /// Like [`Publisher::connect`], with your options.
+    pub fn with_options(url: &str, options: PublisherOptions) -> Result<Self, PublishError> {
+        options.validate()?;
+        // redis-rs would otherwise use its own 1 s connect / 500 ms reply defaults.
+        let connection = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.timeout))
+            .set_response_timeout(Some(options.timeout));
+        let manager = Manager::new_with_config(url, connection)
+            .map_err(|e| PublishError::from_redis(e, options.timeout))?;
+        // deadpool waits forever by default; bound every step of a checkout too.
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|_| PublishError::InvalidOptions("the connection pool could not be built"))?;
+        Ok(Publisher { pool, options })
+    }
+
+    /// A publisher over a pool you built yourself (to share it, or for settings this crate
+    /// does not expose). `options.pool_size` is ignored; `options.timeout` still bounds every
+    /// call, whatever timeouts the pool has.
+    pub fn from_pool(pool: Pool, options: PublisherOptions) -> Result<Self, PublishError> {
+        options.validate()?;
+        Ok(Publisher { pool, options })
+    }
+
+    /// The options this publisher was built with.
+    pub fn options(&self) -> &PublisherOptions {
+        &self.options
+    }
+
+    /// Checks that Redis answers (for startup and health checks).
+    pub async fn ping(&self) -> Result<(), PublishError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        let _pong: (String,) = self.execute(&pipe).await?;
+        Ok(())
+    }
+
+    /// Sends `notification` (a [`Notification`] or an [`Event`](crate::Event)) to every open
+    /// browser tab of `user`.
+    ///
+    /// Sets `timestamp` to now when it is `None`. Returns how many gateway nodes received it
+    /// (PUBLISH's reply): 0 means the user has no open connection anywhere, which is normal
+    /// and not an error.
+    pub async fn publish(
+        &self,
+        user: UserId,
+        notification: impl Into<Notification>,
+    ) -> Result<usize, PublishError> {
+        let payload = self.serialise(notification.into())?;
+        self.publish_checked(user, &payload).await
+    }
+
+    /// Sends an already-serialised notification (for payloads built elsewhere, e.g. a queue).
+    ///
+    /// The bytes are checked the way gateways check them ([`wire::check_payload`]) and sent
+    /// unchanged. Returns the number of gateway nodes that received it.
+    pub async fn publish_payload(
+        &self,
+        user: UserId,
+        payload: &[u8],
+    ) -> Result<usize, PublishError> {
+        wire::check_payload(payload, self.options.max_payload_bytes)?;
+        self.publish_checked(user, payload).await
+    }
+
+    /// Sends one notification to several users in a single round trip (pipelined PUBLISH).
+    ///
+    /// Duplicate ids are sent once. Returns the sum of receivers over all users. The whole
+    /// batch shares one timeout, so split very large audiences into batches of a few thousand.
+    pub async fn publish_many(
+        &self,
+        users: &[UserId],
+        notification: impl Into<Notification>,
+    ) -> Result<usize, PublishError> {
+        // Validate even when there is nobody to send to, so bad input is never silent.
+        let payload = self.serialise(notification.into())?;
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for user in &users {
+            pipe.cmd("PUBLISH").arg(user.channel()).arg(&payload[..]);
+        }
+        let receivers: Vec<usize> = self.execute(&pipe).await?;
+        Ok(receivers.iter().sum())
+    }
+
+    fn serialise(&self, mut notification: Notification) -> Result<Vec<u8>, PublishError> {
+        if notification.timestamp.is_none() {
+            notification.timestamp = Some(now_millis());
+        }
+        notification.to_payload(self.options.max_payload_bytes)
+    }
+
+    async fn publish_checked(&self, user: UserId, payload: &[u8]) -> Result<usize, PublishError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH").arg(user.channel()).arg(payload);
+        let (receivers,): (usize,) = self.execute(&pipe).await?;
+        Ok(receivers)
+    }
+
+    /// Runs `pipe` on a pooled connection, retrying connection errors, all within one deadline.
+    async fn execute<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, PublishError> {
+        let timeout = self.options.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut retries_left = self.options.retries;
+        let mut backoff = RETRY_BACKOFF;
+        loop {
+            let result = tokio::time::timeout_at(deadline, self.attempt(pipe))
+                .await
+                .unwrap_or(Err(PublishError::Timeout(timeout)));
+            match result {
+                Err(err) if err.is_connection_error() && retries_left > 0 => {
+                    // No point sleeping past the deadline: report the real cause instead.
+                    if Instant::now() + backoff >= deadline {
+                        return Err(err);
+                    }
+                    retries_left -= 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, PublishError> {
+        let timeout = self.options.timeout;
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| PublishError::from_pool(e, timeout))?;
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(|e| PublishError::from_redis(e, timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::wire::Level;
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).expect("valid test id")
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let o = PublisherOptions::default();
+        assert_eq!(o.pool_size, 8);
+        assert_eq!(o.timeout, Duration::from_secs(2));
+        assert_eq!(o.max_payload_bytes, 64 * 1024);
+        assert_eq!(o.retries, 2);
+    }
+
+    #[test]
+    fn bad_urls_and_options_are_invalid_input() {
+        for url in [
+            "",
+            "not a url",
+            "http://localhost",
+            "redis://",
+            "redis://h/notadb",
+        ] {
+            let err = Publisher::connect(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url:?}: {err}");
+        }
+        let zero_pool = PublisherOptions {
+            pool_size: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            Publisher::with_options("redis://localhost", zero_pool)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let p = Publisher::connect("redis://:hunter2@localhost:6379").unwrap();
+        let text = format!("{p:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    // Input is validated before any connection is attempted, so these need no Redis.
+    #[tokio::test]
+    async fn invalid_input_fails_before_touching_redis() {
+        let p = Publisher::with_options(
+            "redis://127.0.0.1:1",
+            PublisherOptions {
+                max_payload_bytes: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+
+        let empty = p
+            .publish(user(1), Notification::new(Level::Info, " "))
+            .await;
+        assert_eq!(empty.unwrap_err().kind(), ErrorKind::InvalidInput);
+
+        let big = Notification::new(Level::Info, "x".repeat(200));
+        assert_eq!(
+            p.publish(user(1), big.clone()).await.unwrap_err().kind(),
+            ErrorKind::TooLarge
+        );
+        assert_eq!(
+            p.publish_many(&[], big).await.unwrap_err().kind(),
+            ErrorKind::TooLarge
+        );
+
+        for bad in [
+            &b"garbage"[..],
+            br#"{"type":"loud","message":"x"}"#,
+            b"\xff\xfe",
+        ] {
+            let err = p.publish_payload(user(1), bad).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        }
+        let err = p.publish_payload(user(1), &[b' '; 101]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+
+        let nobody = p
+            .publish_many(&[], Notification::new(Level::Info, "hi"))
+            .await;
+        assert_eq!(nobody.unwrap(), 0);
+    }
+}

@@ -1,0 +1,252 @@
+//! The wire contract between publishers and gateway nodes.
+//!
+//! A notification for user `N` is one UTF-8 JSON object PUBLISHed on the Redis channel
+//! `user_N`. Gateway nodes forward the payload bytes unchanged to every socket of that user,
+//! so whatever a publisher puts in the object is what the browser receives.
+//! `docs/PROTOCOL.md` describes the same contract for publishers written in other languages;
+//! keep both in step.
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Every user's channel is this prefix followed by the decimal user id.
+pub const CHANNEL_PREFIX: &str = "user_";
+
+/// Largest payload a gateway accepts by default; larger ones are dropped and counted.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// A user id: a positive integer that fits a signed 64-bit database key (1 ..= 2^63-1),
+/// written in decimal without sign or leading zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(NonZeroU64);
+
+impl UserId {
+    /// The largest id accepted: `i64::MAX`, the largest Django `BigAutoField` value.
+    pub const MAX: u64 = i64::MAX as u64;
+
+    /// `None` for 0 or for ids above [`UserId::MAX`].
+    pub fn new(id: u64) -> Option<Self> {
+        if id > Self::MAX {
+            return None;
+        }
+        NonZeroU64::new(id).map(UserId)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+
+    /// The Redis channel that carries this user's notifications.
+    pub fn channel(self) -> String {
+        format!("{CHANNEL_PREFIX}{}", self.0)
+    }
+
+    /// The user a channel name belongs to, if it is a user channel.
+    pub fn from_channel(channel: &[u8]) -> Option<Self> {
+        let digits = channel.strip_prefix(CHANNEL_PREFIX.as_bytes())?;
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a string is not a [`UserId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user id must be a positive decimal integer without leading zeros, at most {max}", max = UserId::MAX)]
+pub struct InvalidUserId;
+
+impl FromStr for UserId {
+    type Err = InvalidUserId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Strict on purpose: one spelling per id, so "007", "+7" and " 7" never alias user 7.
+        let canonical = !s.is_empty()
+            && s.len() <= 19
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && !s.starts_with('0');
+        if !canonical {
+            return Err(InvalidUserId);
+        }
+        s.parse::<u64>()
+            .ok()
+            .and_then(UserId::new)
+            .ok_or(InvalidUserId)
+    }
+}
+
+/// The severity a browser shows; today's frontend calls `notify[type](message)` with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Success,
+    Info,
+    Warning,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Success => "success",
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a gateway needs to know about a payload it received from a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadInfo {
+    pub level: Level,
+    /// The publisher's `timestamp` (milliseconds since the Unix epoch), when present.
+    pub timestamp_ms: Option<u64>,
+}
+
+/// Why a channel payload is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload of {size} bytes exceeds the {max} byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("payload is not a JSON object with a \"type\" (success|info|warning|error) and a string \"message\": {0}")]
+    Malformed(String),
+}
+
+/// Checks a payload the way every gateway node does before forwarding it.
+///
+/// Parses once, borrowing; unknown fields are allowed so publishers can add data without
+/// a gateway upgrade.
+pub fn check_payload(payload: &[u8], max_bytes: usize) -> Result<PayloadInfo, PayloadError> {
+    if payload.len() > max_bytes {
+        return Err(PayloadError::TooLarge {
+            size: payload.len(),
+            max: max_bytes,
+        });
+    }
+    // serde's derived struct parsing also accepts a JSON array of the fields in order
+    // (`["info","hi"]`), which browsers would then receive: only an object is a notification.
+    let first = payload
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(PayloadError::Malformed("expected a JSON object".to_owned()));
+    }
+    #[derive(Deserialize)]
+    struct Shape<'a> {
+        #[serde(rename = "type")]
+        level: Level,
+        #[serde(borrow)]
+        #[allow(dead_code)] // only its presence and type are checked
+        message: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        timestamp: Option<u64>,
+    }
+    let shape: Shape<'_> =
+        serde_json::from_slice(payload).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    Ok(PayloadInfo {
+        level: shape.level,
+        timestamp_ms: shape.timestamp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_have_one_spelling() {
+        assert_eq!("42".parse::<UserId>().unwrap().get(), 42);
+        assert_eq!(
+            "9223372036854775807".parse::<UserId>().unwrap().get(),
+            UserId::MAX
+        );
+        for bad in [
+            "",
+            "0",
+            "007",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "1.0",
+            "9223372036854775808",
+            "99999999999999999999",
+            "../1",
+            "١",
+            "abc",
+        ] {
+            assert_eq!(bad.parse::<UserId>(), Err(InvalidUserId), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn channels_round_trip() {
+        let id = UserId::new(17).unwrap();
+        assert_eq!(id.channel(), "user_17");
+        assert_eq!(UserId::from_channel(b"user_17"), Some(id));
+        assert_eq!(UserId::from_channel(b"user_017"), None);
+        assert_eq!(UserId::from_channel(b"other_17"), None);
+    }
+
+    #[test]
+    fn payload_check_accepts_the_frontend_shape_and_extra_fields() {
+        let info = check_payload(
+            br#"{"type":"warning","message":"hi","event":"x","data":{"a":1},"timestamp":5}"#,
+            1024,
+        )
+        .unwrap();
+        assert_eq!(info.level, Level::Warning);
+        assert_eq!(info.timestamp_ms, Some(5));
+    }
+
+    #[test]
+    fn payload_check_allows_json_whitespace_around_the_object() {
+        let info = check_payload(b" \r\n\t{\"type\":\"info\",\"message\":\"\"} \n", 1024).unwrap();
+        assert_eq!(info.level, Level::Info);
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"\xef\xbb\xbf{\"type\":\"info\",\"message\":\"x\"}",
+        ] {
+            assert!(matches!(
+                check_payload(bad, 1024),
+                Err(PayloadError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn payload_check_refuses_bad_shapes() {
+        for bad in [
+            &b"not json"[..],
+            br#"{"type":"fatal","message":"x"}"#,
+            br#"{"type":"info"}"#,
+            br#"{"message":"x"}"#,
+            br#"{"type":"info","message":3}"#,
+            br#"["info","x"]"#,
+        ] {
+            assert!(
+                matches!(check_payload(bad, 1024), Err(PayloadError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            check_payload(&[b' '; 10], 4),
+            Err(PayloadError::TooLarge { size: 10, max: 4 })
+        );
+    }
+}

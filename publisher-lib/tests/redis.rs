@@ -1,0 +1,324 @@
+//! Against a real `redis-server` (one per test, on a free port, killed on drop).
+//!
+//! Never skipped: without redis-server these tests fail and say how to install it.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use publisher::{ErrorKind, Event, Level, Notification, Publisher, PublisherOptions, UserId};
+
+/// A redis-server child process; killed when dropped, so a failing test leaves nothing behind.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port. Retries with another port if one was taken in the
+    /// moment between picking and binding it.
+    async fn start() -> RedisServer {
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start(free_port()).await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// Starts a server on `port` (used to restart on the same address).
+    async fn start_on(port: u16) -> RedisServer {
+        match Self::try_start(port).await {
+            Some(server) => server,
+            None => panic!("redis-server did not start on port {port}"),
+        }
+    }
+
+    async fn try_start(port: u16) -> Option<RedisServer> {
+        let spawned = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                panic!("redis-server not found: apt-get install -y redis-server")
+            }
+            Err(err) => panic!("could not run redis-server: {err}"),
+        };
+        let mut server = RedisServer {
+            child: Some(child),
+            port,
+        };
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < give_up {
+            if server.exited() {
+                return None; // most likely the port was taken
+            }
+            if server.answers_ping().await {
+                return Some(server);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("redis-server on port {port} did not answer PING within 10 s");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn exited(&mut self) -> bool {
+        // Still running is `Some(Ok(None))`; anything else means it is gone.
+        !matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    async fn answers_ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return false;
+        };
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok_and(|pong| pong == "PONG")
+    }
+
+    /// Kills the server and waits until it is gone, so the port refuses connections.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+fn user(id: u64) -> UserId {
+    UserId::new(id).expect("valid test id")
+}
+
+/// A subscriber the way a gateway node is one: a redis-rs pub/sub connection.
+async fn subscribe(url: &str, channels: &[&str]) -> redis::aio::PubSubStream {
+    let client = redis::Client::open(url).expect("subscriber URL");
+    let mut pubsub = client
+        .get_async_pubsub()
+        .await
+        .expect("subscriber connects");
+    for channel in channels {
+        pubsub.subscribe(*channel).await.expect("subscribe");
+    }
+    pubsub.into_on_message()
+}
+
+async fn next_message(stream: &mut redis::aio::PubSubStream) -> (String, Vec<u8>) {
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a message within 5 s")
+        .expect("subscriber stream still open");
+    (
+        msg.get_channel_name().to_owned(),
+        msg.get_payload_bytes().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn publish_without_subscriber_returns_zero() {
+    let server = RedisServer::start().await;
+    let publisher = Publisher::connect(&server.url()).expect("valid URL");
+    publisher.ping().await.expect("redis answers");
+
+    let receivers = publisher
+        .publish(user(7), Notification::new(Level::Info, "nobody listens"))
+        .await
+        .expect("publishing to nobody is not an error");
+    assert_eq!(receivers, 0);
+
+    let receivers = publisher
+        .publish_many(
+            &[user(7), user(8)],
+            Event::BookingExpired {
+                booking_id: 1,
+                slot: "A-1".into(),
+            },
+        )
+        .await
+        .expect("publishing to nobody is not an error");
+    assert_eq!(receivers, 0);
+}
+
+#[tokio::test]
+async fn subscriber_receives_the_exact_payload() {
+    let server = RedisServer::start().await;
+    let publisher = Publisher::connect(&server.url()).expect("valid URL");
+    let mut messages = subscribe(&server.url(), &["user_7"]).await;
+
+    // A notification with its timestamp set is sent byte for byte as to_payload makes it.
+    let notification = Notification::from(Event::BookingExpiringSoon {
+        booking_id: 1881,
+        slot: "A-12".into(),
+        minutes_left: 5,
+    })
+    .with_timestamp(1_700_000_000_000);
+    let expected = notification
+        .to_payload(publisher.options().max_payload_bytes)
+        .expect("valid notification");
+    let receivers = publisher
+        .publish(user(7), notification)
+        .await
+        .expect("publish");
+    assert_eq!(receivers, 1);
+    assert_eq!(
+        next_message(&mut messages).await,
+        ("user_7".to_owned(), expected)
+    );
+
+    // Raw payloads go out unchanged, unknown fields included.
+    let raw = br#"{"type":"info","message":"raw","x-trace":"abc","data":{"k":[1,2]}}"#;
+    let receivers = publisher
+        .publish_payload(user(7), raw)
+        .await
+        .expect("publish_payload");
+    assert_eq!(receivers, 1);
+    assert_eq!(next_message(&mut messages).await.1, raw.to_vec());
+
+    // Without a timestamp, publish stamps the current time.
+    let before = now_millis();
+    publisher
+        .publish(user(7), Notification::new(Level::Success, "stamped"))
+        .await
+        .expect("publish");
+    let (_, payload) = next_message(&mut messages).await;
+    let json: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+    let stamp = json["timestamp"]
+        .as_u64()
+        .expect("timestamp set by publish");
+    assert!(stamp >= before && stamp <= now_millis() + 1, "{stamp}");
+}
+
+#[tokio::test]
+async fn publish_many_sums_receivers_and_sends_each_user_once() {
+    let server = RedisServer::start().await;
+    let publisher = Publisher::connect(&server.url()).expect("valid URL");
+    let mut messages = subscribe(&server.url(), &["user_7", "user_8"]).await;
+
+    let receivers = publisher
+        .publish_many(
+            &[user(7), user(8), user(7), user(9)],
+            Notification::new(Level::Info, "to many"),
+        )
+        .await
+        .expect("publish_many");
+    assert_eq!(
+        receivers, 2,
+        "user_7 and user_8 have a subscriber, user_9 none"
+    );
+
+    let mut channels = vec![
+        next_message(&mut messages).await.0,
+        next_message(&mut messages).await.0,
+    ];
+    channels.sort();
+    assert_eq!(channels, ["user_7", "user_8"]);
+
+    // The duplicate 7 was not sent twice: the next message is this marker.
+    publisher
+        .publish(user(8), Notification::new(Level::Info, "marker"))
+        .await
+        .expect("publish");
+    let (channel, payload) = next_message(&mut messages).await;
+    assert_eq!(channel, "user_8");
+    let json: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+    assert_eq!(json["message"], "marker");
+}
+
+#[tokio::test]
+async fn stopped_redis_is_reported_as_unavailable_within_the_timeout() {
+    let mut server = RedisServer::start().await;
+    let url = server.url();
+    let options = PublisherOptions {
+        timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let publisher = Publisher::with_options(&url, options).expect("valid URL");
+    // Leave a live connection in the pool, so the failure below is a broken one.
+    publisher.ping().await.expect("redis answers");
+    server.stop();
+
+    let started = Instant::now();
+    let err = publisher
+        .publish(user(7), Notification::new(Level::Info, "into the void"))
+        .await
+        .expect_err("redis is down");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::RedisUnavailable, "{err}");
+    assert!(took < options.timeout, "took {took:?}");
+
+    // A publisher that never had a connection fails the same way.
+    let fresh = Publisher::with_options(&url, options).expect("valid URL");
+    let started = Instant::now();
+    let err = fresh.ping().await.expect_err("redis is down");
+    assert_eq!(err.kind(), ErrorKind::RedisUnavailable, "{err}");
+    assert!(started.elapsed() < options.timeout);
+
+    // And it recovers by itself once Redis is back on the same address.
+    let restarted = RedisServer::start_on(server.port).await;
+    let receivers = publisher
+        .publish(user(7), Notification::new(Level::Info, "back"))
+        .await
+        .expect("publisher reconnects after a Redis restart");
+    assert_eq!(receivers, 0);
+    drop(restarted);
+}
+
+#[tokio::test]
+async fn server_that_never_answers_times_out() {
+    // Accepts connections and never replies: what a hung Redis or a half-open link looks like.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+
+    let options = PublisherOptions {
+        timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let publisher =
+        Publisher::with_options(&format!("redis://127.0.0.1:{port}"), options).expect("valid URL");
+    let started = Instant::now();
+    let err = publisher
+        .publish(user(7), Notification::new(Level::Info, "hello?"))
+        .await
+        .expect_err("nobody answers");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+    holder.abort();
+}
+
+fn now_millis() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(since_epoch.as_millis()).expect("millis fit u64")
+}

@@ -1,0 +1,508 @@
+//! Test harness: real `redis-server` processes on ports of their own, real gateway processes,
+//! real WebSocket clients. Every process is killed when its handle drops.
+//!
+//! - [`RedisServer`]: a private redis-server (never 6379), which can be killed and restarted
+//!   on the same port.
+//! - [`Gateway`]: the gateway binary built from `gateway/src/main.rs`, configured through the
+//!   same `GW__*` environment variables operators use.
+//! - [`WsClient`]: a browser stand-in that reads JSON text frames and close codes.
+//! - [`RawSocket`]: a WebSocket peer that completes the handshake and then misbehaves
+//!   (never reads, never answers pings).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any awaited event may take before a test fails. Generous: CI machines are slow
+/// and shared; a passing test never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on 127.0.0.1")
+}
+
+fn require_program(name: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("{name} not found: install it with `apt-get install -y {package}` (or run ./tests/run.sh, which does)")
+    })
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("gw-e2e-{}-{label}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, signal);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// redis-server
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a redis-server on a free port, without persistence.
+    pub fn start() -> Self {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: TempDir::new("redis"),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let program = require_program("redis-server", "redis-server");
+        let child = Command::new(program)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        while self.ping().is_err() {
+            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.client().get_connection_with_timeout(Duration::from_millis(500))?;
+        redis::cmd("PING").query::<String>(&mut conn).map(|_| ())
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    /// A plain (blocking) connection for assertions and raw PUBLISHes.
+    pub fn connection(&self) -> redis::Connection {
+        self.client().get_connection_with_timeout(DEADLINE).expect("connecting to test redis")
+    }
+
+    /// SIGKILLs the server: subscribers see their connection drop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Subscriber count of a channel, as Redis itself sees it.
+    pub fn numsub(&self, channel: &str) -> u64 {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query(&mut self.connection())
+            .expect("PUBSUB NUMSUB");
+        n
+    }
+
+    /// Client connections open on the server, not counting the one asking.
+    pub fn clients(&self) -> usize {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut self.connection())
+            .expect("CLIENT LIST");
+        list.lines().filter(|l| !l.trim().is_empty()).count() - 1
+    }
+
+    /// PUBLISH of raw bytes; returns the receiver count.
+    pub fn publish_raw(&self, channel: &str, payload: &[u8]) -> u64 {
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query(&mut self.connection())
+            .expect("PUBLISH")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// gateway
+
+/// The gateway executable: `$GATEWAY_BIN`, else the `gateway-e2e` binary cargo builds beside
+/// this test executable (it is a bin target of this package, so it is always built first).
+pub fn gateway_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let binary = profile_dir.join("gateway-e2e");
+    assert!(binary.is_file(), "{} not built: run `cargo test -p e2e`", binary.display());
+    binary
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway subscribed to `redis` (or in single-node mode with `None`), with
+    /// extra `GW__*` settings, and waits until it is ready.
+    pub fn start(redis: Option<&RedisServer>, settings: &[(&str, &str)]) -> Self {
+        let gateway = Self::spawn(redis, settings);
+        gateway.wait_ready();
+        gateway
+    }
+
+    /// Starts it without waiting for readiness.
+    pub fn spawn(redis: Option<&RedisServer>, settings: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("gateway");
+        let log = dir.0.join("gateway.log");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut command = Command::new(gateway_binary());
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "gateway=debug,info")
+            .env("GW__SERVER__BIND", addr.to_string())
+            .env("GW__SERVER__WORKERS", "2")
+            .env("GW__REDIS__URL", redis.map(|r| r.url()).unwrap_or_default())
+            .env("GW__REDIS__RECONNECT_MAX_MS", "500")
+            .env("GW__REDIS__PING_INTERVAL_MS", "1000");
+        for (key, value) in settings {
+            command.env(key, value);
+        }
+        let log_file = std::fs::File::create(&log).expect("creating gateway log");
+        let child = command
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning the gateway binary");
+        Gateway {
+            addr,
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn ws_url(&self, user: &str) -> String {
+        format!("ws://{}/ws/notifications/{user}/", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The gateway's own log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        self.wait_for_readiness(200);
+    }
+
+    /// Waits until `/readyz` answers `status` (200 ready, 503 not ready).
+    pub fn wait_for_readiness(&self, status: u16) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok((got, _)) = http_get(self.addr, "/readyz") {
+                if got == status {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway /readyz never answered {status}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// A metric's value from `/metrics` (a full series name, labels included).
+    pub fn metric(&self, series: &str) -> u64 {
+        let (status, body) = http_get(self.addr, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {series} not found in\n{body}"))
+    }
+
+    /// Polls a metric until `predicate` holds.
+    pub fn wait_metric(&self, series: &str, predicate: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let value = self.metric(series);
+            if predicate(value) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "metric {series} stuck at {value}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway running").id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status and how long it took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("gateway running");
+        let started = Instant::now();
+        signal(&child, libc::SIGTERM);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the gateway") {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > DEADLINE {
+                kill(&mut child);
+                panic!("gateway did not exit after SIGTERM\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: the replica dies without closing anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal blocking HTTP/1.1 request; returns (status, body).
+pub fn http_request(addr: SocketAddr, request: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+}
+
+pub fn http_post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    http_request(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket clients
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a browser sees: JSON text frames, then a close code.
+pub struct WsClient {
+    ws: Ws,
+}
+
+/// How a socket ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame with this code.
+    Code(u16),
+    /// The connection ended without a close frame.
+    Abrupt,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        Self::try_connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"))
+    }
+
+    pub async fn try_connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _response) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| tokio_tungstenite::tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+        Ok(WsClient { ws })
+    }
+
+    /// The next JSON text frame (pings are answered by tungstenite as a browser would).
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("no frame within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the socket closes; panics if a text frame arrives first.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("socket not closed within the deadline");
+            match frame {
+                Some(Ok(Message::Close(Some(close)))) => return Closed::Code(u16::from(close.code)),
+                Some(Ok(Message::Close(None))) => return Closed::Code(u16::from(CloseCode::Status)),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
+                Some(Err(_)) | None => return Closed::Abrupt,
+            }
+        }
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.expect("sending a text frame");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Drain until the server's close arrives so the server has seen it.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, self.ws.next()).await {}
+    }
+}
+
+/// A WebSocket peer that does the handshake and then only does what the test says.
+pub struct RawSocket {
+    pub stream: TcpStream,
+}
+
+impl RawSocket {
+    /// Opens the socket; returns the HTTP status of the handshake response and the socket.
+    pub fn handshake(addr: SocketAddr, path: &str) -> (u16, Self) {
+        let mut stream = TcpStream::connect(addr).expect("connecting to the gateway");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        // Read the response head byte by byte so no frame byte is consumed with it.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("reading the handshake response");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, RawSocket { stream })
+    }
+
+    /// Reads frames (answering nothing) until the server closes the TCP connection.
+    /// Returns the close code of the close frame seen, if any.
+    pub fn read_until_eof(&mut self) -> Option<u16> {
+        let mut data = Vec::new();
+        let started = Instant::now();
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("reading after {:?}: {e}", started.elapsed()),
+            }
+        }
+        parse_close_code(&data)
+    }
+}
+
+/// Walks server-to-client (unmasked) frames and returns the code of the first close frame.
+fn parse_close_code(mut data: &[u8]) -> Option<u16> {
+    while data.len() >= 2 {
+        let opcode = data[0] & 0x0f;
+        let (len, header) = match data[1] & 0x7f {
+            126 if data.len() >= 4 => (u16::from_be_bytes([data[2], data[3]]) as usize, 4),
+            127 if data.len() >= 10 => (u64::from_be_bytes(data[2..10].try_into().unwrap()) as usize, 10),
+            n if n < 126 => (n as usize, 2),
+            _ => return None,
+        };
+        if data.len() < header + len {
+            return None;
+        }
+        if opcode == 0x8 && len >= 2 {
+            return Some(u16::from_be_bytes([data[header], data[header + 1]]));
+        }
+        data = &data[header + len..];
+    }
+    None
+}

@@ -1,0 +1,66 @@
+//! One Redis subscriber connection per node, one subscription per user per node, released
+//! when the user's last socket leaves (after the linger period), never per socket.
+
+use std::time::{Duration, Instant};
+
+use e2e::{Gateway, RedisServer, WsClient, DEADLINE};
+
+fn wait_numsub(redis: &RedisServer, channel: &str, expected: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let n = redis.numsub(channel);
+        if n == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "NUMSUB {channel} stuck at {n}, expected {expected}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_are_counted_per_node_not_per_socket() {
+    let redis = RedisServer::start();
+    let linger = [("GW__WS__UNSUBSCRIBE_LINGER_MS", "200")];
+    let a = Gateway::start(Some(&redis), &linger);
+    let b = Gateway::start(Some(&redis), &linger);
+
+    let s1 = WsClient::connect(&a.ws_url("11")).await;
+    let s2 = WsClient::connect(&a.ws_url("11")).await;
+    let s3 = WsClient::connect(&a.ws_url("11")).await;
+    let other = WsClient::connect(&a.ws_url("12")).await;
+    // The upgrade returns once Redis confirmed the SUBSCRIBE, so no waiting is needed here.
+    assert_eq!(redis.numsub("user_11"), 1, "three sockets on one node share one subscription");
+    assert_eq!(redis.numsub("user_12"), 1);
+    assert_eq!(redis.clients(), 2, "one subscriber connection per node, none per socket");
+
+    let on_b = WsClient::connect(&b.ws_url("11")).await;
+    assert_eq!(redis.numsub("user_11"), 2, "one per node holding the user");
+
+    s1.close().await;
+    s2.close().await;
+    assert_eq!(redis.numsub("user_11"), 2, "a socket of user 11 is still on node a");
+    s3.close().await;
+    wait_numsub(&redis, "user_11", 1);
+    assert_eq!(redis.numsub("user_12"), 1, "other users keep theirs");
+    a.wait_metric("gateway_redis_subscriptions", |n| n == 1);
+
+    on_b.close().await;
+    other.close().await;
+    wait_numsub(&redis, "user_11", 0);
+    wait_numsub(&redis, "user_12", 0);
+    assert_eq!(redis.clients(), 2, "the nodes keep their one connection");
+}
+
+#[tokio::test]
+async fn a_quick_reconnect_keeps_the_subscription() {
+    let redis = RedisServer::start();
+    let gateway = Gateway::start(Some(&redis), &[("GW__WS__UNSUBSCRIBE_LINGER_MS", "60000")]);
+    let first = WsClient::connect(&gateway.ws_url("21")).await;
+    first.close().await;
+    gateway.wait_metric("gateway_sockets_open", |n| n == 0);
+    assert_eq!(redis.numsub("user_21"), 1, "kept during the linger period");
+    let mut again = WsClient::connect(&gateway.ws_url("21")).await;
+    assert_eq!(redis.numsub("user_21"), 1);
+    crate::publisher(&redis).publish(crate::user(21), crate::numbered(1)).await.unwrap();
+    assert_eq!(again.next_json().await["message"], "note 1");
+}
