@@ -93,8 +93,11 @@ impl Settings {
 
     /// The compiled-in defaults alone.
     pub fn defaults() -> Self {
-        Self::load_from(None, config::Environment::with_prefix(ENV_PREFIX).source(Some(Default::default())))
-            .expect("compiled-in defaults are valid")
+        Self::load_from(
+            None,
+            config::Environment::with_prefix(ENV_PREFIX).source(Some(Default::default())),
+        )
+        .expect("compiled-in defaults are valid")
     }
 
     fn load_from(file: Option<&Path>, env: config::Environment) -> Result<Self, ConfigError> {
@@ -124,8 +127,11 @@ impl Settings {
             }
         }
         let url = self.redis.url.trim();
-        if !url.is_empty() && !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(invalid("redis.url", "must start with redis:// or rediss://, or be empty for single-node mode"));
+        if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(invalid(
+                "redis.url",
+                "must start with redis:// or rediss://, or be empty for single-node mode",
+            ));
         }
         if self.ws.ping_interval_ms == 0 {
             return Err(invalid("ws.ping_interval_ms", "must be greater than 0"));
@@ -133,20 +139,31 @@ impl Settings {
         if self.ws.idle_timeout_ms <= self.ws.ping_interval_ms {
             return Err(invalid(
                 "ws.idle_timeout_ms",
-                format!("must be greater than ws.ping_interval_ms ({})", self.ws.ping_interval_ms),
+                format!(
+                    "must be greater than ws.ping_interval_ms ({})",
+                    self.ws.ping_interval_ms
+                ),
             ));
         }
         if self.ws.outbound_queue == 0 {
             return Err(invalid("ws.outbound_queue", "must be at least 1"));
         }
         if self.ws.max_frame_bytes < 125 {
-            return Err(invalid("ws.max_frame_bytes", "must be at least 125 (a control frame)"));
+            return Err(invalid(
+                "ws.max_frame_bytes",
+                "must be at least 125 (a control frame)",
+            ));
         }
         if self.ws.write_timeout_ms == 0 {
             return Err(invalid("ws.write_timeout_ms", "must be greater than 0"));
         }
-        if self.redis.reconnect_min_ms == 0 || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms {
-            return Err(invalid("redis.reconnect_min_ms", "must be greater than 0 and at most redis.reconnect_max_ms"));
+        if self.redis.reconnect_min_ms == 0
+            || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms
+        {
+            return Err(invalid(
+                "redis.reconnect_min_ms",
+                "must be greater than 0 and at most redis.reconnect_max_ms",
+            ));
         }
         if self.redis.ping_interval_ms == 0 {
             return Err(invalid("redis.ping_interval_ms", "must be greater than 0"));
@@ -161,7 +178,10 @@ impl Settings {
             return Err(invalid("server.max_connections", "must be at least 1"));
         }
         if self.publish.api_keys.iter().any(|k| k.len() < 16) {
-            return Err(invalid("publish.api_keys", "every key must be at least 16 characters"));
+            return Err(invalid(
+                "publish.api_keys",
+                "every key must be at least 16 characters",
+            ));
         }
         Ok(())
     }
@@ -183,15 +203,24 @@ mod tests {
     use std::collections::HashMap;
 
     fn with_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Settings::load_from(None, config::Environment::with_prefix(ENV_PREFIX).source(Some(map)))
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(
+            None,
+            config::Environment::with_prefix(ENV_PREFIX).source(Some(map)),
+        )
     }
 
     #[test]
     fn defaults_are_valid_and_single_node() {
         let s = Settings::defaults();
         assert_eq!(s.redis_url(), None);
-        assert!(s.ws.ping_interval_ms < 60_000, "below nginx's default proxy_read_timeout");
+        assert!(
+            s.ws.ping_interval_ms < 60_000,
+            "below nginx's default proxy_read_timeout"
+        );
     }
 
     #[test]
@@ -209,13 +238,21 @@ mod tests {
 
     #[test]
     fn invalid_values_name_their_key() {
-        let err = with_env(&[("GW__WS__OUTBOUND_QUEUE", "lots")]).unwrap_err().to_string();
+        let err = with_env(&[("GW__WS__OUTBOUND_QUEUE", "lots")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("outbound_queue"), "{err}");
-        let err = with_env(&[("GW__WS__IDLE_TIMEOUT_MS", "10")]).unwrap_err().to_string();
+        let err = with_env(&[("GW__WS__IDLE_TIMEOUT_MS", "10")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ws.idle_timeout_ms"), "{err}");
-        let err = with_env(&[("GW__REDIS__URL", "http://x")]).unwrap_err().to_string();
+        let err = with_env(&[("GW__REDIS__URL", "http://x")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("redis.url"), "{err}");
-        let err = with_env(&[("GW__WS__TYPO_KEY", "1")]).unwrap_err().to_string();
+        let err = with_env(&[("GW__WS__TYPO_KEY", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("typo_key"), "{err}");
     }
 }

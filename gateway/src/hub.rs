@@ -80,14 +80,25 @@ impl Hub {
         let (tx, outbox) = mpsc::channel(self.queue_capacity);
         let mut shard = self.shard(user);
         let first = !shard.contains_key(&user);
-        shard.entry(user).or_default().sockets.push(Outbox { socket, tx });
+        shard
+            .entry(user)
+            .or_default()
+            .sockets
+            .push(Outbox { socket, tx });
         drop(shard);
         if first {
             self.metrics.users.fetch_add(1, Relaxed);
         }
         self.metrics.sockets_open.fetch_add(1, Relaxed);
         self.metrics.sockets_opened_total.fetch_add(1, Relaxed);
-        (Registration { user, socket, outbox }, first)
+        (
+            Registration {
+                user,
+                socket,
+                outbox,
+            },
+            first,
+        )
     }
 
     /// Removes a socket (it may already be gone if fan-out evicted it). Returns true when the
@@ -125,7 +136,13 @@ impl Hub {
     pub fn users(&self) -> Vec<UserId> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
-            all.extend(shard.lock().unwrap_or_else(|e| e.into_inner()).keys().copied());
+            all.extend(
+                shard
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .copied(),
+            );
         }
         all
     }
@@ -147,8 +164,11 @@ impl Hub {
             }
         };
         if let Some(sent_ms) = info.timestamp_ms {
-            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            self.metrics.observe_latency_ms(now_ms.saturating_sub(sent_ms));
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.metrics
+                .observe_latency_ms(now_ms.saturating_sub(sent_ms));
         }
 
         let mut shard = self.shard(user);
@@ -162,18 +182,22 @@ impl Hub {
         };
         let before = entry.sockets.len();
         let mut delivered = 0;
-        entry.sockets.retain(|outbox| match outbox.tx.try_send(frame.clone()) {
-            Ok(()) => {
-                delivered += 1;
-                true
-            }
-            // Full: evict as a slow consumer. Closed: the session is ending and unregisters.
-            Err(mpsc::error::TrySendError::Full(_)) => false,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
+        entry
+            .sockets
+            .retain(|outbox| match outbox.tx.try_send(frame.clone()) {
+                Ok(()) => {
+                    delivered += 1;
+                    true
+                }
+                // Full: evict as a slow consumer. Closed: the session is ending and unregisters.
+                Err(mpsc::error::TrySendError::Full(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
         let evicted = before - entry.sockets.len();
         drop(shard);
-        self.metrics.frames_delivered_total.fetch_add(delivered as u64, Relaxed);
+        self.metrics
+            .frames_delivered_total
+            .fetch_add(delivered as u64, Relaxed);
         if evicted > 0 {
             self.metrics.dropped(DropCause::SlowClient, evicted as u64);
         }
@@ -230,10 +254,17 @@ mod tests {
         let (mut fast, _) = hub.register(user(1));
         assert_eq!(hub.deliver(user(1), NOTE), 2);
         fast.outbox.try_recv().unwrap();
-        assert_eq!(hub.deliver(user(1), NOTE), 1, "slow socket evicted, fast one served");
+        assert_eq!(
+            hub.deliver(user(1), NOTE),
+            1,
+            "slow socket evicted, fast one served"
+        );
         assert_eq!(fast.outbox.try_recv().unwrap().as_bytes(), NOTE);
         slow.outbox.try_recv().unwrap();
-        assert!(matches!(slow.outbox.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            slow.outbox.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
         assert_eq!(hub.metrics.dropped_count(DropCause::SlowClient), 1);
     }
 

@@ -63,8 +63,14 @@ pub async fn run(
 
     let bus: Arc<dyn Bus> = match settings.redis_url() {
         Some(url) => {
-            let bus = RedisBus::start(&settings.redis, url, hub.clone(), metrics.clone(), stop_rx.clone())
-                .map_err(std::io::Error::other)?;
+            let bus = RedisBus::start(
+                &settings.redis,
+                url,
+                hub.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            )
+            .map_err(std::io::Error::other)?;
             tracing::info!(redis = %redact_url(url), "scaled-out mode: subscribing through Redis");
             Arc::new(bus)
         }
@@ -130,7 +136,9 @@ pub fn serve(settings: Settings, listener: TcpListener) -> std::io::Result<()> {
 /// A URL safe to log: the password, if any, replaced.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -155,7 +163,13 @@ pub async fn shutdown_signal() {
 mod tests {
     #[test]
     fn passwords_never_reach_logs() {
-        assert_eq!(super::redact_url("redis://:s3cret@redis:6379/0"), "redis://***@redis:6379/0");
-        assert_eq!(super::redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            super::redact_url("redis://:s3cret@redis:6379/0"),
+            "redis://***@redis:6379/0"
+        );
+        assert_eq!(
+            super::redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 }

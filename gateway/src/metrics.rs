@@ -17,7 +17,11 @@ pub enum DropCause {
 }
 
 impl DropCause {
-    const ALL: [DropCause; 3] = [DropCause::Malformed, DropCause::Oversized, DropCause::SlowClient];
+    const ALL: [DropCause; 3] = [
+        DropCause::Malformed,
+        DropCause::Oversized,
+        DropCause::SlowClient,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -69,22 +73,78 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
         let mut line = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
-        line("gateway_sockets_open", "gauge", "WebSocket connections currently open.", self.sockets_open.load(Relaxed));
-        line("gateway_sockets_opened_total", "counter", "WebSocket connections accepted.", self.sockets_opened_total.load(Relaxed));
-        line("gateway_users", "gauge", "Users with at least one socket (or a lingering subscription) on this node.", self.users.load(Relaxed));
-        line("gateway_redis_subscriptions", "gauge", "Redis channels this node is subscribed to.", self.subscriptions.load(Relaxed));
-        line("gateway_messages_received_total", "counter", "Notifications received from the bus.", self.messages_received_total.load(Relaxed));
-        line("gateway_frames_delivered_total", "counter", "Frames queued to sockets.", self.frames_delivered_total.load(Relaxed));
-        line("gateway_redis_reconnects_total", "counter", "Times the subscriber connection was re-established.", self.redis_reconnects_total.load(Relaxed));
-        line("gateway_redis_connected", "gauge", "1 while the subscriber connection is up.", self.redis_connected.load(Relaxed));
-        line("gateway_upgrades_refused_total", "counter", "WebSocket upgrades refused (bad id, limits, shutdown).", self.upgrades_refused_total.load(Relaxed));
+        line(
+            "gateway_sockets_open",
+            "gauge",
+            "WebSocket connections currently open.",
+            self.sockets_open.load(Relaxed),
+        );
+        line(
+            "gateway_sockets_opened_total",
+            "counter",
+            "WebSocket connections accepted.",
+            self.sockets_opened_total.load(Relaxed),
+        );
+        line(
+            "gateway_users",
+            "gauge",
+            "Users with at least one socket (or a lingering subscription) on this node.",
+            self.users.load(Relaxed),
+        );
+        line(
+            "gateway_redis_subscriptions",
+            "gauge",
+            "Redis channels this node is subscribed to.",
+            self.subscriptions.load(Relaxed),
+        );
+        line(
+            "gateway_messages_received_total",
+            "counter",
+            "Notifications received from the bus.",
+            self.messages_received_total.load(Relaxed),
+        );
+        line(
+            "gateway_frames_delivered_total",
+            "counter",
+            "Frames queued to sockets.",
+            self.frames_delivered_total.load(Relaxed),
+        );
+        line(
+            "gateway_redis_reconnects_total",
+            "counter",
+            "Times the subscriber connection was re-established.",
+            self.redis_reconnects_total.load(Relaxed),
+        );
+        line(
+            "gateway_redis_connected",
+            "gauge",
+            "1 while the subscriber connection is up.",
+            self.redis_connected.load(Relaxed),
+        );
+        line(
+            "gateway_upgrades_refused_total",
+            "counter",
+            "WebSocket upgrades refused (bad id, limits, shutdown).",
+            self.upgrades_refused_total.load(Relaxed),
+        );
 
         let name = "gateway_messages_dropped_total";
-        let _ = writeln!(out, "# HELP {name} Notifications not delivered, by cause.\n# TYPE {name} counter");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Notifications not delivered, by cause.\n# TYPE {name} counter"
+        );
         for cause in DropCause::ALL {
-            let _ = writeln!(out, "{name}{{cause=\"{}\"}} {}", cause.label(), self.dropped_count(cause));
+            let _ = writeln!(
+                out,
+                "{name}{{cause=\"{}\"}} {}",
+                cause.label(),
+                self.dropped_count(cause)
+            );
         }
 
         let name = "gateway_delivery_latency_ms";
@@ -113,10 +173,21 @@ mod tests {
         m.observe_latency_ms(3);
         m.observe_latency_ms(99_999);
         let text = m.render();
-        assert!(text.contains("gateway_delivery_latency_ms_bucket{le=\"1\"} 1"), "{text}");
-        assert!(text.contains("gateway_delivery_latency_ms_bucket{le=\"5\"} 2"), "{text}");
-        assert!(text.contains("gateway_delivery_latency_ms_bucket{le=\"+Inf\"} 3"), "{text}");
+        assert!(
+            text.contains("gateway_delivery_latency_ms_bucket{le=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_delivery_latency_ms_bucket{le=\"5\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_delivery_latency_ms_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
         m.dropped(DropCause::Malformed, 2);
-        assert!(m.render().contains("gateway_messages_dropped_total{cause=\"malformed\"} 2"));
+        assert!(m
+            .render()
+            .contains("gateway_messages_dropped_total{cause=\"malformed\"} 2"));
     }
 }

@@ -151,14 +151,19 @@ pub fn check_payload(payload: &[u8], max_bytes: usize) -> Result<PayloadInfo, Pa
         #[serde(borrow)]
         #[allow(dead_code)] // only its presence and type are checked
         message: std::borrow::Cow<'a, str>,
+        // Any JSON number: Python's `time.time() * 1000` is a float, and a latency metric
+        // is no reason to refuse a notification.
         #[serde(default)]
-        timestamp: Option<u64>,
+        timestamp: Option<f64>,
     }
     let shape: Shape<'_> =
         serde_json::from_slice(payload).map_err(|e| PayloadError::Malformed(e.to_string()))?;
     Ok(PayloadInfo {
         level: shape.level,
-        timestamp_ms: shape.timestamp,
+        timestamp_ms: shape
+            .timestamp
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .map(|t| t as u64),
     })
 }
 

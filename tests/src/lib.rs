@@ -104,7 +104,16 @@ impl RedisServer {
     fn spawn(&mut self) {
         let program = require_program("redis-server", "redis-server");
         let child = Command::new(program)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&self.dir.0)
             .stdout(Stdio::null())
@@ -114,13 +123,19 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
         while self.ping().is_err() {
-            assert!(Instant::now() < deadline, "redis-server on port {} did not answer PING", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not answer PING",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     fn ping(&self) -> redis::RedisResult<()> {
-        let mut conn = self.client().get_connection_with_timeout(Duration::from_millis(500))?;
+        let mut conn = self
+            .client()
+            .get_connection_with_timeout(Duration::from_millis(500))?;
         redis::cmd("PING").query::<String>(&mut conn).map(|_| ())
     }
 
@@ -130,7 +145,9 @@ impl RedisServer {
 
     /// A plain (blocking) connection for assertions and raw PUBLISHes.
     pub fn connection(&self) -> redis::Connection {
-        self.client().get_connection_with_timeout(DEADLINE).expect("connecting to test redis")
+        self.client()
+            .get_connection_with_timeout(DEADLINE)
+            .expect("connecting to test redis")
     }
 
     /// SIGKILLs the server: subscribers see their connection drop.
@@ -191,9 +208,16 @@ pub fn gateway_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("current test executable");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
     let binary = profile_dir.join("gateway-e2e");
-    assert!(binary.is_file(), "{} not built: run `cargo test -p e2e`", binary.display());
+    assert!(
+        binary.is_file(),
+        "{} not built: run `cargo test -p e2e`",
+        binary.display()
+    );
     binary
 }
 
@@ -272,7 +296,11 @@ impl Gateway {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "gateway /readyz never answered {status}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway /readyz never answered {status}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -282,7 +310,13 @@ impl Gateway {
         let (status, body) = http_get(self.addr, "/metrics").expect("GET /metrics");
         assert_eq!(status, 200);
         body.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or_else(|| panic!("metric {series} not found in\n{body}"))
     }
 
@@ -294,7 +328,11 @@ impl Gateway {
             if predicate(value) {
                 return value;
             }
-            assert!(Instant::now() < deadline, "metric {series} stuck at {value}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "metric {series} stuck at {value}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -346,16 +384,30 @@ pub fn http_request(addr: SocketAddr, request: &str) -> std::io::Result<(u16, St
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {response:?}")))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
 }
 
-pub fn http_post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+pub fn http_post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     http_request(
         addr,
         &format!(
@@ -368,7 +420,8 @@ pub fn http_post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], bo
 // ---------------------------------------------------------------------------------------
 // WebSocket clients
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// What a browser sees: JSON text frames, then a close code.
 pub struct WsClient {
@@ -394,7 +447,9 @@ impl WsClient {
     pub async fn try_connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
         let (ws, _response) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
             .await
-            .map_err(|_| tokio_tungstenite::tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+            .map_err(|_| {
+                tokio_tungstenite::tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into())
+            })??;
         Ok(WsClient { ws })
     }
 
@@ -406,7 +461,8 @@ impl WsClient {
                 .expect("no frame within the deadline");
             match frame {
                 Some(Ok(Message::Text(text))) => {
-                    return serde_json::from_str(&text).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
+                    return serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}"))
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
@@ -421,8 +477,12 @@ impl WsClient {
                 .await
                 .expect("socket not closed within the deadline");
             match frame {
-                Some(Ok(Message::Close(Some(close)))) => return Closed::Code(u16::from(close.code)),
-                Some(Ok(Message::Close(None))) => return Closed::Code(u16::from(CloseCode::Status)),
+                Some(Ok(Message::Close(Some(close)))) => {
+                    return Closed::Code(u16::from(close.code))
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Closed::Code(u16::from(CloseCode::Status))
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
                 Some(Err(_)) | None => return Closed::Abrupt,
@@ -431,7 +491,10 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.expect("sending a text frame");
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("sending a text frame");
     }
 
     pub async fn close(mut self) {
@@ -460,11 +523,17 @@ impl RawSocket {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            stream.read_exact(&mut byte).expect("reading the handshake response");
+            stream
+                .read_exact(&mut byte)
+                .expect("reading the handshake response");
             head.push(byte[0]);
         }
         let head = String::from_utf8_lossy(&head);
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         (status, RawSocket { stream })
     }
 
@@ -492,7 +561,10 @@ fn parse_close_code(mut data: &[u8]) -> Option<u16> {
         let opcode = data[0] & 0x0f;
         let (len, header) = match data[1] & 0x7f {
             126 if data.len() >= 4 => (u16::from_be_bytes([data[2], data[3]]) as usize, 4),
-            127 if data.len() >= 10 => (u64::from_be_bytes(data[2..10].try_into().unwrap()) as usize, 10),
+            127 if data.len() >= 10 => (
+                u64::from_be_bytes(data[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
             n if n < 126 => (n as usize, 2),
             _ => return None,
         };

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use publisher::wire::UserId;
 
-use super::{Bus, BusError, BoxFuture};
+use super::{BoxFuture, Bus, BusError};
 use crate::hub::Hub;
 
 pub struct MemoryBus {

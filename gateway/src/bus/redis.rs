@@ -69,8 +69,8 @@ impl RedisBus {
             max_payload_bytes: settings.max_payload_bytes,
             ..PublisherOptions::default()
         };
-        let publisher =
-            Publisher::with_options(url, options).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let publisher = Publisher::with_options(url, options)
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             wake: Notify::new(),
@@ -82,7 +82,14 @@ impl RedisBus {
             reconnect_max: ms(settings.reconnect_max_ms),
             ping_interval: ms(settings.ping_interval_ms),
         };
-        tokio::spawn(run_subscriber(client, shared.clone(), hub, metrics, timing, shutdown));
+        tokio::spawn(run_subscriber(
+            client,
+            shared.clone(),
+            hub,
+            metrics,
+            timing,
+            shutdown,
+        ));
         Ok(RedisBus { shared, publisher })
     }
 }
@@ -90,7 +97,11 @@ impl RedisBus {
 impl Bus for RedisBus {
     fn interest_changed(&self, user: UserId) -> BoxFuture<()> {
         let epoch = {
-            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             pending.dirty.insert(user);
             pending.requested += 1;
             pending.requested
@@ -106,12 +117,15 @@ impl Bus for RedisBus {
     fn publish(&self, user: UserId, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>> {
         let publisher = self.publisher.clone();
         Box::pin(async move {
-            publisher.publish_payload(user, &payload).await.map_err(|e| match e.kind() {
-                publisher::ErrorKind::InvalidInput | publisher::ErrorKind::TooLarge => {
-                    BusError::Invalid(e.to_string())
-                }
-                _ => BusError::Unavailable(e.to_string()),
-            })
+            publisher
+                .publish_payload(user, &payload)
+                .await
+                .map_err(|e| match e.kind() {
+                    publisher::ErrorKind::InvalidInput | publisher::ErrorKind::TooLarge => {
+                        BusError::Invalid(e.to_string())
+                    }
+                    _ => BusError::Unavailable(e.to_string()),
+                })
         })
     }
 
@@ -185,14 +199,26 @@ async fn serve(
         pending.requested
     };
     let wanted = hub.users();
-    apply(&mut sink, &mut subscribed, wanted, Vec::new(), timing.ping_interval).await?;
+    apply(
+        &mut sink,
+        &mut subscribed,
+        wanted,
+        Vec::new(),
+        timing.ping_interval,
+    )
+    .await?;
     shared.connected.store(true, Relaxed);
     metrics.redis_connected.store(1, Relaxed);
-    metrics.subscriptions.store(subscribed.len() as u64, Relaxed);
+    metrics
+        .subscriptions
+        .store(subscribed.len() as u64, Relaxed);
     confirm(shared, epoch);
     tracing::info!(channels = subscribed.len(), "redis subscriber connected");
 
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + timing.ping_interval, timing.ping_interval);
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + timing.ping_interval,
+        timing.ping_interval,
+    );
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -37,7 +37,10 @@ pub async fn publish(
     let mut users: Vec<UserId> = Vec::with_capacity(request.users.len() + 1);
     for id in request.user.into_iter().chain(request.users) {
         let user = UserId::new(id).ok_or_else(|| {
-            ApiError::InvalidBody(format!("user id {id} is not a positive integer up to {}", UserId::MAX))
+            ApiError::InvalidBody(format!(
+                "user id {id} is not a positive integer up to {}",
+                UserId::MAX
+            ))
         })?;
         users.push(user);
     }
@@ -56,10 +59,14 @@ pub async fn publish(
 
     let mut receivers = 0;
     for user in users {
-        receivers += state.bus.publish(user, payload.clone()).await.map_err(|e| match e {
-            BusError::Invalid(m) => ApiError::InvalidBody(m),
-            BusError::Unavailable(m) => ApiError::BusUnavailable(m),
-        })?;
+        receivers += state
+            .bus
+            .publish(user, payload.clone())
+            .await
+            .map_err(|e| match e {
+                BusError::Invalid(m) => ApiError::InvalidBody(m),
+                BusError::Unavailable(m) => ApiError::BusUnavailable(m),
+            })?;
     }
     Ok(HttpResponse::Ok().json(json!({ "receivers": receivers })))
 }
@@ -72,7 +79,9 @@ fn authorize(req: &HttpRequest, keys: &[String]) -> Result<(), ApiError> {
         return if local {
             Ok(())
         } else {
-            Err(ApiError::Unauthorized("no publish API key is configured: only loopback clients may publish"))
+            Err(ApiError::Unauthorized(
+                "no publish API key is configured: only loopback clients may publish",
+            ))
         };
     }
     let presented = req
@@ -80,11 +89,13 @@ fn authorize(req: &HttpRequest, keys: &[String]) -> Result<(), ApiError> {
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized("missing header Authorization: Bearer <publish API key>"))?;
+        .ok_or(ApiError::Unauthorized(
+            "missing header Authorization: Bearer <publish API key>",
+        ))?;
     // Compare every key in full so the time taken does not tell how much of a key matched.
-    let matched = keys
-        .iter()
-        .fold(false, |found, key| found | constant_time_eq(key.as_bytes(), presented.as_bytes()));
+    let matched = keys.iter().fold(false, |found, key| {
+        found | constant_time_eq(key.as_bytes(), presented.as_bytes())
+    });
     if matched {
         Ok(())
     } else {

@@ -28,7 +28,9 @@ pub async fn upgrade(
         state.metrics.upgrades_refused_total.fetch_add(1, Relaxed);
         e
     };
-    let user: UserId = user_id.parse().map_err(|e| refused(ApiError::InvalidUserId(e)))?;
+    let user: UserId = user_id
+        .parse()
+        .map_err(|e| refused(ApiError::InvalidUserId(e)))?;
     if *state.shutdown.borrow() {
         return Err(refused(ApiError::ShuttingDown));
     }
@@ -46,7 +48,10 @@ pub async fn upgrade(
     // Every socket waits for the subscription, not only the user's first: a second socket
     // that arrives while the first one's SUBSCRIBE is in flight must not miss anything either.
     let subscribed = state.bus.interest_changed(user);
-    if tokio::time::timeout(ms(state.settings.redis.subscribe_timeout_ms), subscribed).await.is_err() {
+    if tokio::time::timeout(ms(state.settings.redis.subscribe_timeout_ms), subscribed)
+        .await
+        .is_err()
+    {
         tracing::warn!(%user, "bus did not confirm the subscription in time; socket opens anyway");
     }
     tracing::debug!(%user, socket = registration.socket, "socket open");

@@ -56,7 +56,8 @@ pub async fn run(
     } = registration;
     let limits = state.limits;
     let mut shutdown = state.shutdown.clone();
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    let mut heartbeat =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
 

@@ -19,7 +19,11 @@ async fn every_socket_of_a_user_on_every_replica_receives_it_and_no_one_else() {
     let mut bob_on_b = WsClient::connect(&b.ws_url("2")).await;
     let publisher = publisher(&redis);
 
-    let event = Event::BookingExpiringSoon { booking_id: 1881, slot: "A-12".into(), minutes_left: 5 };
+    let event = Event::BookingExpiringSoon {
+        booking_id: 1881,
+        slot: "A-12".into(),
+        minutes_left: 5,
+    };
     let expected_message = event.default_message();
     let nodes = publisher.publish(user(1), event).await.unwrap();
     assert_eq!(nodes, 2, "both replicas hold a socket of user 1");
@@ -72,7 +76,11 @@ async fn single_node_mode_delivers_without_redis() {
     let (status, body) = e2e::http_get(gateway.addr, "/readyz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""bus":"memory""#), "{body}");
-    assert!(gateway.log().contains("single-node mode"), "start-up log says so:\n{}", gateway.log());
+    assert!(
+        gateway.log().contains("single-node mode"),
+        "start-up log says so:\n{}",
+        gateway.log()
+    );
 
     let mut client = WsClient::connect(&gateway.ws_url("3")).await;
     let (status, body) = e2e::http_post_json(
@@ -86,7 +94,10 @@ async fn single_node_mode_delivers_without_redis() {
     let frame = client.next_json().await;
     assert_eq!(frame["type"], "info");
     assert_eq!(frame["message"], "hello from the in-process bus");
-    assert!(frame["timestamp"].as_u64().is_some(), "the endpoint stamps it: {frame}");
+    assert!(
+        frame["timestamp"].as_u64().is_some(),
+        "the endpoint stamps it: {frame}"
+    );
 }
 
 #[tokio::test]
@@ -99,24 +110,47 @@ async fn http_publish_goes_through_redis_to_every_replica() {
 
     let body = r#"{"users": [8, 9], "type": "success", "message": "Cash payment verified"}"#;
     let (status, answer) = e2e::http_post_json(a.addr, "/api/publish", &[], body).unwrap();
-    assert_eq!(status, 401, "a key is configured, so one is required: {answer}");
-    let (status, answer) =
-        e2e::http_post_json(a.addr, "/api/publish", &[("Authorization", "Bearer wrong-key-wrong-key")], body).unwrap();
+    assert_eq!(
+        status, 401,
+        "a key is configured, so one is required: {answer}"
+    );
+    let (status, answer) = e2e::http_post_json(
+        a.addr,
+        "/api/publish",
+        &[("Authorization", "Bearer wrong-key-wrong-key")],
+        body,
+    )
+    .unwrap();
     assert_eq!(status, 401, "{answer}");
     let auth = format!("Bearer {key}");
-    let (status, answer) = e2e::http_post_json(a.addr, "/api/publish", &[("Authorization", &auth)], body).unwrap();
-    assert_eq!((status, answer.as_str()), (200, r#"{"receivers":1}"#), "user 8 on replica b, user 9 nowhere");
+    let (status, answer) =
+        e2e::http_post_json(a.addr, "/api/publish", &[("Authorization", &auth)], body).unwrap();
+    assert_eq!(
+        (status, answer.as_str()),
+        (200, r#"{"receivers":1}"#),
+        "user 8 on replica b, user 9 nowhere"
+    );
     assert_eq!(on_b.next_json().await["message"], "Cash payment verified");
 
     for (bad, why) in [
-        (r#"{"users": [8], "type": "fatal", "message": "x"}"#, "unknown level"),
+        (
+            r#"{"users": [8], "type": "fatal", "message": "x"}"#,
+            "unknown level",
+        ),
         (r#"{"users": [8], "type": "info"}"#, "no message"),
-        (r#"{"users": [0], "type": "info", "message": "x"}"#, "user 0"),
+        (
+            r#"{"users": [0], "type": "info", "message": "x"}"#,
+            "user 0",
+        ),
         (r#"{"type": "info", "message": "x"}"#, "no user"),
         (r#"not json"#, "not JSON"),
     ] {
-        let (status, answer) = e2e::http_post_json(a.addr, "/api/publish", &[("Authorization", &auth)], bad).unwrap();
+        let (status, answer) =
+            e2e::http_post_json(a.addr, "/api/publish", &[("Authorization", &auth)], bad).unwrap();
         assert_eq!(status, 400, "{why}: {answer}");
-        assert!(answer.contains(r#""error":"invalid_body""#), "{why}: {answer}");
+        assert!(
+            answer.contains(r#""error":"invalid_body""#),
+            "{why}: {answer}"
+        );
     }
 }

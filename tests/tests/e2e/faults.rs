@@ -22,11 +22,24 @@ async fn malformed_payloads_are_dropped_counted_and_harm_no_socket() {
     ] {
         assert_eq!(redis.publish_raw("user_31", bad), 1);
     }
-    publisher(&redis).publish(user(31), numbered(1)).await.unwrap();
+    publisher(&redis)
+        .publish(user(31), numbered(1))
+        .await
+        .unwrap();
 
-    assert_eq!(client.next_json().await["message"], "note 1", "only the valid one, the socket still open");
-    assert_eq!(gateway.metric("gateway_messages_dropped_total{cause=\"malformed\"}"), 5);
-    assert_eq!(gateway.metric("gateway_messages_dropped_total{cause=\"oversized\"}"), 1);
+    assert_eq!(
+        client.next_json().await["message"],
+        "note 1",
+        "only the valid one, the socket still open"
+    );
+    assert_eq!(
+        gateway.metric("gateway_messages_dropped_total{cause=\"malformed\"}"),
+        5
+    );
+    assert_eq!(
+        gateway.metric("gateway_messages_dropped_total{cause=\"oversized\"}"),
+        1
+    );
     assert_eq!(gateway.metric("gateway_sockets_open"), 1);
 }
 
@@ -36,7 +49,10 @@ async fn redis_restart_keeps_sockets_open_and_delivery_resumes() {
     let gateway = Gateway::start(Some(&redis), &[]);
     let mut alice = WsClient::connect(&gateway.ws_url("41")).await;
     let mut bob = WsClient::connect(&gateway.ws_url("42")).await;
-    publisher(&redis).publish(user(41), numbered(1)).await.unwrap();
+    publisher(&redis)
+        .publish(user(41), numbered(1))
+        .await
+        .unwrap();
     assert_eq!(alice.next_json().await["message"], "note 1");
 
     redis.kill();
@@ -48,10 +64,18 @@ async fn redis_restart_keeps_sockets_open_and_delivery_resumes() {
     assert!(gateway.metric("gateway_redis_reconnects_total") >= 1);
 
     let publisher = publisher(&redis);
-    assert_eq!(publisher.publish(user(41), numbered(2)).await.unwrap(), 1, "re-subscribed");
+    assert_eq!(
+        publisher.publish(user(41), numbered(2)).await.unwrap(),
+        1,
+        "re-subscribed"
+    );
     assert_eq!(publisher.publish(user(42), numbered(3)).await.unwrap(), 1);
     assert_eq!(publisher.publish(user(43), numbered(4)).await.unwrap(), 1);
-    assert_eq!(alice.next_json().await["message"], "note 2", "same socket, never closed");
+    assert_eq!(
+        alice.next_json().await["message"],
+        "note 2",
+        "same socket, never closed"
+    );
     assert_eq!(bob.next_json().await["message"], "note 3");
     assert_eq!(carol.next_json().await["message"], "note 4");
     assert_eq!(gateway.metric("gateway_sockets_open"), 3);
@@ -64,5 +88,9 @@ async fn publishing_to_a_stopped_redis_is_a_clear_error() {
     publisher.publish(user(1), numbered(0)).await.unwrap();
     redis.kill();
     let error = publisher.publish(user(1), numbered(1)).await.unwrap_err();
-    assert_eq!(error.kind(), publisher::ErrorKind::RedisUnavailable, "{error}");
+    assert_eq!(
+        error.kind(),
+        publisher::ErrorKind::RedisUnavailable,
+        "{error}"
+    );
 }

@@ -25,7 +25,10 @@ async fn sigterm_closes_every_socket_with_1012_within_the_deadline() {
         assert_eq!(client.closed().await, Closed::Code(1012));
     }
     assert!(status.success(), "clean exit: {status:?}");
-    assert!(took < Duration::from_secs(5), "exited within the drain deadline ({took:?})");
+    assert!(
+        took < Duration::from_secs(5),
+        "exited within the drain deadline ({took:?})"
+    );
 }
 
 #[test]

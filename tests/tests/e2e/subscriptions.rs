@@ -12,7 +12,10 @@ fn wait_numsub(redis: &RedisServer, channel: &str, expected: u64) {
         if n == expected {
             return;
         }
-        assert!(Instant::now() < deadline, "NUMSUB {channel} stuck at {n}, expected {expected}");
+        assert!(
+            Instant::now() < deadline,
+            "NUMSUB {channel} stuck at {n}, expected {expected}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -29,16 +32,28 @@ async fn subscriptions_are_counted_per_node_not_per_socket() {
     let s3 = WsClient::connect(&a.ws_url("11")).await;
     let other = WsClient::connect(&a.ws_url("12")).await;
     // The upgrade returns once Redis confirmed the SUBSCRIBE, so no waiting is needed here.
-    assert_eq!(redis.numsub("user_11"), 1, "three sockets on one node share one subscription");
+    assert_eq!(
+        redis.numsub("user_11"),
+        1,
+        "three sockets on one node share one subscription"
+    );
     assert_eq!(redis.numsub("user_12"), 1);
-    assert_eq!(redis.clients(), 2, "one subscriber connection per node, none per socket");
+    assert_eq!(
+        redis.clients(),
+        2,
+        "one subscriber connection per node, none per socket"
+    );
 
     let on_b = WsClient::connect(&b.ws_url("11")).await;
     assert_eq!(redis.numsub("user_11"), 2, "one per node holding the user");
 
     s1.close().await;
     s2.close().await;
-    assert_eq!(redis.numsub("user_11"), 2, "a socket of user 11 is still on node a");
+    assert_eq!(
+        redis.numsub("user_11"),
+        2,
+        "a socket of user 11 is still on node a"
+    );
     s3.close().await;
     wait_numsub(&redis, "user_11", 1);
     assert_eq!(redis.numsub("user_12"), 1, "other users keep theirs");
@@ -61,6 +76,9 @@ async fn a_quick_reconnect_keeps_the_subscription() {
     assert_eq!(redis.numsub("user_21"), 1, "kept during the linger period");
     let mut again = WsClient::connect(&gateway.ws_url("21")).await;
     assert_eq!(redis.numsub("user_21"), 1);
-    crate::publisher(&redis).publish(crate::user(21), crate::numbered(1)).await.unwrap();
+    crate::publisher(&redis)
+        .publish(crate::user(21), crate::numbered(1))
+        .await
+        .unwrap();
     assert_eq!(again.next_json().await["message"], "note 1");
 }
