@@ -271,6 +271,51 @@ async fn publish_many_sums_receivers_and_sends_each_user_once() {
 }
 
 #[tokio::test]
+async fn publish_batch_sends_each_notification_to_its_user_in_order_with_history() {
+    let server = RedisServer::start().await;
+    let publisher = Publisher::connect(&server.url()).expect("valid URL");
+    let mut messages = subscribe(&server.url(), &["user_7", "user_8"]).await;
+
+    let batch = [(7, "a"), (8, "b"), (7, "c"), (9, "nobody")]
+        .map(|(id, text)| (user(id), Notification::new(Level::Info, text)));
+    let receipts = publisher.publish_batch(batch).await.expect("publish_batch");
+    let receivers: Vec<usize> = receipts.iter().map(|r| r.receivers).collect();
+    assert_eq!(
+        receivers,
+        [1, 1, 1, 0],
+        "one receipt per notification, in order"
+    );
+    assert!(receipts[2].id > receipts[0].id, "ids of a user increase");
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (channel, payload) = next_message(&mut messages).await;
+        let json: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
+        seen.push((channel, json["message"].as_str().unwrap().to_owned()));
+    }
+    let expected = [("user_7", "a"), ("user_8", "b"), ("user_7", "c")]
+        .map(|(c, m)| (c.to_owned(), m.to_owned()));
+    assert_eq!(seen, expected);
+
+    // Each went through the history script, even the one nobody received live.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (id, stored) in [(7, 2), (8, 1), (9, 1)] {
+        let len: usize = redis::cmd("XLEN")
+            .arg(user(id).history_key())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, stored, "history of user {id}");
+    }
+
+    let none = publisher
+        .publish_batch(Vec::<(UserId, Notification)>::new())
+        .await;
+    assert_eq!(none.unwrap(), []);
+}
+
+#[tokio::test]
 async fn stopped_redis_is_reported_as_unavailable_within_the_timeout() {
     let mut server = RedisServer::start().await;
     let url = server.url();
