@@ -202,23 +202,29 @@ impl Drop for RedisServer {
 // gateway
 
 /// The gateway executable: `$GATEWAY_BIN`, else the `gateway-e2e` binary cargo builds beside
-/// this test executable (it is a bin target of this package, so it is always built first).
+/// this executable (it is a bin target of this package, so it is always built first). Test
+/// executables live in `target/<profile>/deps`, binaries such as gw-bench in `target/<profile>`.
 pub fn gateway_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("GATEWAY_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("current test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let binary = profile_dir.join("gateway-e2e");
-    assert!(
-        binary.is_file(),
-        "{} not built: run `cargo test -p e2e`",
-        binary.display()
-    );
-    binary
+    let exe = std::env::current_exe().expect("current executable");
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("gateway-e2e"))
+        .collect();
+    candidates
+        .iter()
+        .find(|binary| binary.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not built: run `cargo test -p e2e` or `cargo build -p e2e --bin gateway-e2e`",
+                candidates[0].display()
+            )
+        })
 }
 
 pub struct Gateway {

@@ -1,0 +1,45 @@
+//! The benchmark tool still works end to end (CI runs only this small run; the figures in
+//! docs/PERFORMANCE.md come from full release runs): a few hundred sockets on two replicas,
+//! a thousand notifications, and every one accounted for.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn gw_bench_smoke_run_loses_nothing() {
+    let output = Command::new(env!("CARGO_BIN_EXE_gw-bench"))
+        .args(["--scenario", "smoke"])
+        .output()
+        .expect("running gw-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "gw-bench failed:\n{stderr}");
+    let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line per run, got:\n{stdout}");
+    let run: Value = serde_json::from_str(lines[0]).expect("the line is JSON");
+
+    let field = |path: &str| -> &Value {
+        run.pointer(path)
+            .unwrap_or_else(|| panic!("{path} missing from {run}"))
+    };
+    assert_eq!(field("/connect/ok"), 300, "{run}\n{stderr}");
+    assert_eq!(field("/connect/failed"), 0, "{run}");
+    assert_eq!(field("/publish/sent"), 1000, "{run}");
+    assert_eq!(field("/delivery/expected"), 3000, "{run}");
+    assert_eq!(field("/delivery/delivered"), 3000, "{run}");
+    for exact in ["lost", "duplicated", "misrouted", "unexpected", "malformed"] {
+        assert_eq!(field(&format!("/delivery/{exact}")), 0, "{exact}: {run}");
+    }
+    assert_eq!(field("/clean"), true, "{run}");
+    // The figures are there (not their values: CI machines vary).
+    assert!(
+        field("/delivery/latency_ms/p99").as_f64().is_some(),
+        "{run}"
+    );
+    assert!(field("/memory_kib/per_socket").as_f64().is_some(), "{run}");
+    assert!(
+        field("/cpu_seconds/publish/redis").as_f64().is_some(),
+        "{run}"
+    );
+}
