@@ -29,6 +29,7 @@ pub struct ServerSettings {
     pub workers: usize,
     pub drain_timeout_ms: u64,
     pub max_connections: usize,
+    pub backlog: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +177,12 @@ impl Settings {
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.backlog == 0 || self.server.backlog > i32::MAX as u32 {
+            return Err(invalid(
+                "server.backlog",
+                "must be between 1 and 2147483647",
+            ));
         }
         if self.publish.api_keys.iter().any(|k| k.len() < 16) {
             return Err(invalid(

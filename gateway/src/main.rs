@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     if let Err(error) = gateway::telemetry::init(&settings.log) {
         return fail(&error);
     }
-    let listener = match std::net::TcpListener::bind(settings.server.bind) {
+    let listener = match gateway::bind(settings.server.bind, settings.server.backlog) {
         Ok(listener) => listener,
         Err(error) => return fail(&format!("cannot bind {}: {error}", settings.server.bind)),
     };
