@@ -317,11 +317,18 @@ fn redis_cpu(conn: &mut redis::Connection) -> Option<f64> {
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
+/// None when a value is missing, or when there is none (gateways without a known pid).
 fn sum(values: &[Option<u64>]) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
     values.iter().copied().sum()
 }
 
 fn cpu_delta(before: &[Option<f64>], after: &[Option<f64>]) -> Option<f64> {
+    if before.is_empty() {
+        return None;
+    }
     before
         .iter()
         .zip(after)
