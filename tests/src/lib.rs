@@ -175,11 +175,29 @@ impl RedisServer {
 
     /// Client connections open on the server, not counting the one asking.
     pub fn clients(&self) -> usize {
+        self.client_list().len() - 1
+    }
+
+    /// Connections subscribed to at least one channel.
+    pub fn subscriber_connections(&self) -> usize {
+        self.client_list()
+            .iter()
+            .filter(|line| {
+                line.split(' ')
+                    .any(|field| field.strip_prefix("sub=").is_some_and(|n| n != "0"))
+            })
+            .count()
+    }
+
+    fn client_list(&self) -> Vec<String> {
         let list: String = redis::cmd("CLIENT")
             .arg("LIST")
             .query(&mut self.connection())
             .expect("CLIENT LIST");
-        list.lines().filter(|l| !l.trim().is_empty()).count() - 1
+        list.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// PUBLISH of raw bytes; returns the receiver count.
