@@ -4,6 +4,7 @@
 mod delivery;
 mod faults;
 mod lifecycle;
+mod readiness;
 mod resume;
 mod socket_limits;
 mod subscriptions;
