@@ -114,6 +114,9 @@ pub async fn run(
     })
     .workers(workers)
     .disable_signals()
+    // A client's EOF ends its connection at once (actix-extras#550: sockets otherwise linger
+    // in CLOSE_WAIT).
+    .h1_allow_half_closed(false)
     .shutdown_timeout(drain.as_secs().max(1))
     .max_connections(settings.server.max_connections + 1024)
     .listen(listener)?
