@@ -170,6 +170,12 @@ impl Publisher {
         &self.options
     }
 
+    /// The connection pool, for other commands on the same Redis (a gateway reads history
+    /// through it).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Checks that Redis answers (for startup and health checks).
     pub async fn ping(&self) -> Result<(), PublishError> {
         let mut pipe = redis::pipe();

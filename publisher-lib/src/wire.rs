@@ -324,6 +324,15 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_document_carries_the_exact_publish_script() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        assert!(
+            doc.contains(PUBLISH_SCRIPT),
+            "docs/PROTOCOL.md must reproduce publisher-lib/src/publish.lua verbatim"
+        );
+    }
+
+    #[test]
     fn channels_round_trip() {
         let id = UserId::new(17).unwrap();
         assert_eq!(id.channel(), "user_17");

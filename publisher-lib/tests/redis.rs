@@ -193,7 +193,8 @@ async fn subscriber_receives_the_exact_payload() {
     // And the same notification is in the user's history, stored under that id.
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let history: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let history: Vec<Entry> = redis::cmd("XRANGE")
         .arg(user(7).history_key())
         .arg("-")
         .arg("+")

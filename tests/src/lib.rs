@@ -82,15 +82,27 @@ fn signal(child: &Child, signal: i32) {
 pub struct RedisServer {
     pub port: u16,
     dir: TempDir,
+    persistent: bool,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a redis-server on a free port, without persistence.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a redis-server that writes every command to its append-only file before
+    /// answering, so a restart keeps everything acknowledged.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         let mut server = RedisServer {
             port: free_port(),
             dir: TempDir::new("redis"),
+            persistent,
             child: None,
         };
         server.spawn();
@@ -103,6 +115,7 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let program = require_program("redis-server", "redis-server");
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let child = Command::new(program)
             .args([
                 "--port",
@@ -111,9 +124,8 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir.0)
             .stdout(Stdio::null())
@@ -175,11 +187,29 @@ impl RedisServer {
 
     /// Client connections open on the server, not counting the one asking.
     pub fn clients(&self) -> usize {
+        self.client_list().len() - 1
+    }
+
+    /// Connections subscribed to at least one channel.
+    pub fn subscriber_connections(&self) -> usize {
+        self.client_list()
+            .iter()
+            .filter(|line| {
+                line.split(' ')
+                    .any(|field| field.strip_prefix("sub=").is_some_and(|n| n != "0"))
+            })
+            .count()
+    }
+
+    fn client_list(&self) -> Vec<String> {
         let list: String = redis::cmd("CLIENT")
             .arg("LIST")
             .query(&mut self.connection())
             .expect("CLIENT LIST");
-        list.lines().filter(|l| !l.trim().is_empty()).count() - 1
+        list.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// PUBLISH of raw bytes; returns the receiver count.
@@ -196,6 +226,81 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// a TCP proxy that can stall a connection without closing it
+
+/// Forwards loopback TCP connections to `target`; any connection can be stalled (the proxy
+/// stops reading from the server side, so nothing reaches the client, yet every socket stays
+/// open) and resumed. A silently broken link, as a half-dead network path leaves it.
+pub struct StallProxy {
+    pub port: u16,
+    stalled: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl StallProxy {
+    pub fn start(target_port: u16) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+        let port = listener.local_addr().unwrap().port();
+        let stalled: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let registry = stalled.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                registry.lock().unwrap().push(flag.clone());
+                let (client_r, server_w) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump(client_r, server_w, None));
+                std::thread::spawn(move || pump(server, client, Some(flag)));
+            }
+        });
+        StallProxy { port, stalled }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stalls (or resumes) the server-to-client direction of the `n`th connection accepted.
+    pub fn set_stalled(&self, n: usize, stalled: bool) {
+        let flags = self.stalled.lock().unwrap();
+        let flag = flags
+            .get(n)
+            .unwrap_or_else(|| panic!("only {} connections so far", flags.len()));
+        flag.store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    stall: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        while stall
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -492,6 +597,18 @@ impl WsClient {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
                 Some(Err(_)) | None => return Closed::Abrupt,
+            }
+        }
+    }
+
+    /// The next JSON text frame, or `None` once the socket ended (closed, broken, or
+    /// silent for the deadline).
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                _ => return None,
             }
         }
     }

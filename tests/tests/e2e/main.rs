@@ -5,6 +5,8 @@ mod bench_smoke;
 mod delivery;
 mod faults;
 mod lifecycle;
+mod readiness;
+mod resume;
 mod socket_limits;
 mod subscriptions;
 
