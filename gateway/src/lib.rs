@@ -117,6 +117,9 @@ pub async fn run(
     // A client's EOF ends its connection at once (actix-extras#550: sockets otherwise linger
     // in CLOSE_WAIT).
     .h1_allow_half_closed(false)
+    // Frames are small and latency is the product: without TCP_NODELAY a frame written while
+    // the previous one is unacknowledged waits for the client's delayed ACK (up to 40 ms).
+    .tcp_nodelay(true)
     .shutdown_timeout(drain.as_secs().max(1))
     .max_connections(settings.server.max_connections + 1024)
     .listen(listener)?
