@@ -37,9 +37,14 @@ pub type SocketId = u64;
 
 const SHARDS: usize = 64;
 
+/// What a socket queue holds: one pointer per slot. Tokio allocates a queue's first block of
+/// 32 slots with the queue, so the slot size is paid by every idle socket (56 bytes for a
+/// `Frame`, 8 for an `Arc`: 1.5 KiB less per socket).
+pub type QueuedFrame = Arc<Frame>;
+
 struct Outbox {
     socket: SocketId,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<QueuedFrame>,
 }
 
 #[derive(Default)]
@@ -62,7 +67,7 @@ pub struct Hub {
 pub struct Registration {
     pub user: UserId,
     pub socket: SocketId,
-    pub outbox: mpsc::Receiver<Frame>,
+    pub outbox: mpsc::Receiver<QueuedFrame>,
 }
 
 impl Hub {
@@ -213,6 +218,7 @@ impl Hub {
         if entry.sockets.is_empty() {
             return 0;
         }
+        let frame = Arc::new(frame);
         let before = entry.sockets.len();
         let mut delivered = 0;
         entry

@@ -121,7 +121,7 @@ pub async fn run(
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
             frame = outbox.recv() => match frame {
                 Some(frame) if frame.id.is_some() && frame.id <= replayed_up_to => {}
-                Some(frame) => match timeout(limits.write_timeout, session.text(frame.text)).await {
+                Some(frame) => match timeout(limits.write_timeout, session.text(frame.text.clone())).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_closed)) => break End::Gone,
                     Err(_elapsed) => {
