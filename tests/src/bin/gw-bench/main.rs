@@ -46,9 +46,12 @@ Scenarios (options given after them override their values):
   c      10,000 idle sockets (memory), then one notification each
   d      as many sockets as one gateway process can hold (its open-file limit), one each
   d3     the same on each of 3 replicas behind one Redis
+  p      publisher-lib alone: 200,000 notifications to 1,000 users, no socket, no gateway
 
 Options:
-  --sockets N|cap        sockets in all (cap: open-file limit of the gateways, less what they use)
+  --sockets N|cap        sockets in all (cap: open-file limit of the gateways, less what they use;
+                         0: publish only, no gateway is started)
+  --users N              with --sockets 0: users published to (default 1000)
   --per-user C           sockets per user (default 1)
   --messages M           notifications to publish (default: one per user)
   --rate R               notifications per second, one publish call each; 0 = as fast as
@@ -141,6 +144,7 @@ struct Options {
     scenario: String,
     sockets: SocketCount,
     per_user: u32,
+    users: Option<u64>,
     messages: Option<u64>,
     rate: f64,
     duration_secs: Option<f64>,
@@ -166,6 +170,7 @@ impl Options {
             scenario: name.to_owned(),
             sockets: SocketCount::Exactly(1000),
             per_user: 1,
+            users: None,
             messages: None,
             rate: 0.0,
             duration_secs: None,
@@ -204,6 +209,11 @@ impl Options {
                 o.sockets = SocketCount::Cap;
                 o.replicas = 3;
             }
+            "p" => {
+                o.sockets = SocketCount::Exactly(0);
+                o.users = Some(1000);
+                o.messages = Some(200_000);
+            }
             other => return Err(format!("unknown scenario {other:?}")),
         }
         Ok(o)
@@ -240,6 +250,7 @@ impl Options {
                 "--sockets" if v == "cap" => o.sockets = SocketCount::Cap,
                 "--sockets" => o.sockets = SocketCount::Exactly(num(flag, v)?),
                 "--per-user" => o.per_user = num(flag, v)?,
+                "--users" => o.users = Some(num(flag, v)?),
                 "--messages" => o.messages = Some(num(flag, v)?),
                 "--rate" => o.rate = num(flag, v)?,
                 "--duration" => o.duration_secs = Some(num(flag, v)?),
@@ -372,7 +383,8 @@ async fn conduct(o: Options) -> Result<Value, String> {
     let mut redis_conn = redis::Client::open(redis_url.as_str())
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
         .map_err(|e| format!("cannot reach Redis at {redis_url}: {e}"))?;
-    let own_gateways: Vec<Gateway> = if o.gateways.is_empty() {
+    let publish_only = o.sockets == SocketCount::Exactly(0);
+    let own_gateways: Vec<Gateway> = if o.gateways.is_empty() && !publish_only {
         let settings = gateway_settings(&redis_url);
         let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
         say!(
@@ -418,21 +430,24 @@ async fn conduct(o: Options) -> Result<Value, String> {
         }
     };
     let per_user = u64::from(o.per_user);
-    let users = sockets / per_user;
-    let sockets = users * per_user;
+    let users = match o.users {
+        Some(users) if publish_only => users,
+        _ => sockets / per_user,
+    };
+    let sockets = if publish_only { 0 } else { users * per_user };
     if users == 0 {
-        return Err("no sockets to open".into());
+        return Err("no user to publish to: give --sockets or, with --sockets 0, --users".into());
     }
     let messages = match (o.messages, o.duration_secs) {
         (Some(m), _) => m,
         (None, Some(secs)) if o.rate > 0.0 => (o.rate * secs).round() as u64,
         _ => users,
     };
-    let workers = sockets.div_ceil(o.sockets_per_worker).max(1);
+    let workers = sockets.div_ceil(o.sockets_per_worker);
     if workers > 200 {
         return Err("more than 200 worker processes: raise --sockets-per-worker".into());
     }
-    let users_per_worker = users.div_ceil(workers);
+    let users_per_worker = users.div_ceil(workers.max(1));
 
     // Connect.
     let idle = snapshot(&pids, &mut redis_conn);
@@ -733,6 +748,11 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "seconds": round(publish_secs, 3),
             "per_second": round(outcome.sent as f64 / publish_secs.max(1e-9), 0),
             "receivers": outcome.receivers,
+            // Publishing alone (scenario p) is all of the tool's and Redis's work.
+            "cpu_us_per_notification": {
+                "redis": redis_publish.filter(|_| outcome.sent > 0).map(|c| round(c * 1e6 / outcome.sent as f64, 2)),
+                "tool": (outcome.sent > 0).then(|| round(tool_publish * 1e6 / outcome.sent as f64, 2)),
+            },
         },
         "delivery": {
             "expected": total.expected,
