@@ -239,7 +239,7 @@ impl Publisher {
         if users.is_empty() {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = script_pipeline(users.len());
         for user in &users {
             pipe.invoke_script(&self.invocation(*user, &payload));
         }
@@ -266,7 +266,7 @@ impl Publisher {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = script_pipeline(batch.len());
         for (user, payload) in &batch {
             pipe.invoke_script(&self.invocation(*user, payload));
         }
@@ -344,7 +344,8 @@ impl Publisher {
             .map_err(|e| PublishError::from_pool(e, timeout))?;
         let mut result = pipe.query_async(&mut conn).await;
         // A restarted Redis has forgotten the script: load it and send the pipeline again.
-        // Nothing ran, since every command of the pipeline is the script.
+        // Nothing ran: the pipeline is one invocation, or several behind a SCRIPT LOAD (see
+        // script_pipeline), so NOSCRIPT cannot have failed some of them and not others.
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
         {
             PUBLISH_SCRIPT
@@ -356,6 +357,21 @@ impl Publisher {
         }
         result.map_err(|e| PublishError::from_redis(e, timeout))
     }
+}
+
+/// A pipeline for `invocations` runs of the publish script. Several are preceded by a SCRIPT
+/// LOAD on the same connection: otherwise, after a Redis restart, the head of a batch can meet
+/// NOSCRIPT while another connection loads the script and its tail then runs, and sending the
+/// batch again would store and deliver that tail twice (gw-bench saw it on a fresh Redis).
+fn script_pipeline(invocations: usize) -> Pipeline {
+    let mut pipe = redis::pipe();
+    if invocations > 1 {
+        pipe.cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(wire::PUBLISH_SCRIPT)
+            .ignore();
+    }
+    pipe
 }
 
 fn parse_id(id: &str) -> Result<StreamId, PublishError> {

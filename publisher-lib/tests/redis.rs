@@ -317,6 +317,53 @@ async fn publish_batch_sends_each_notification_to_its_user_in_order_with_history
 }
 
 #[tokio::test]
+async fn concurrent_batches_on_a_redis_without_the_script_store_each_notification_once() {
+    // Redis forgets scripts on restart. Batches in flight on several pooled connections then
+    // meet NOSCRIPT while another connection (here: a one-notification batch, answered first)
+    // loads the script: the tail of a long batch may already have run when its head failed,
+    // and must not be sent again.
+    let server = RedisServer::start().await;
+    let options = PublisherOptions {
+        pool_size: 8,
+        ..PublisherOptions::default()
+    };
+    let publisher = Publisher::with_options(&server.url(), options).expect("valid URL");
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    const BATCHES: u64 = 6;
+    let size = |batch: u64| if batch == 0 { 1 } else { 1000 };
+    let user_of = |round: u64, batch: u64, n: u64| user(1 + round * 100_000 + batch * 10_000 + n);
+    for round in 0..10u64 {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let batches = (0..BATCHES).map(|b| {
+            let publisher = publisher.clone();
+            async move {
+                let batch = (0..size(b))
+                    .map(|n| (user_of(round, b, n), Notification::new(Level::Info, "once")));
+                publisher.publish_batch(batch).await.expect("publish_batch")
+            }
+        });
+        futures_util::future::join_all(batches).await;
+        let mut pipe = redis::pipe();
+        for b in 0..BATCHES {
+            for n in 0..size(b) {
+                pipe.cmd("XLEN").arg(user_of(round, b, n).history_key());
+            }
+        }
+        let lengths: Vec<usize> = pipe.query_async(&mut conn).await.unwrap();
+        let twice = lengths.iter().filter(|&&n| n != 1).count();
+        assert_eq!(
+            twice, 0,
+            "round {round}: {twice} notifications stored twice"
+        );
+    }
+}
+
+#[tokio::test]
 async fn stopped_redis_is_reported_as_unavailable_within_the_timeout() {
     let mut server = RedisServer::start().await;
     let url = server.url();
