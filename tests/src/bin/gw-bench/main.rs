@@ -701,6 +701,18 @@ async fn conduct(o: Options) -> Result<Value, String> {
         && total.misrouted == 0
         && total.unexpected == 0
         && total.malformed == 0;
+    if !clean {
+        // The gateways' warnings (RUST_LOG=warn) usually say why: a Redis reconnect, a slow
+        // consumer. Their log files go with them.
+        for (n, gateway) in own_gateways.iter().enumerate() {
+            let log = gateway.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            say!("gateway {n} log (last {} lines):", tail.len());
+            for line in tail.iter().rev() {
+                eprintln!("    {line}");
+            }
+        }
+    }
 
     Ok(json!({
         "scenario": o.scenario,
