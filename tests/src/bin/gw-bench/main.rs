@@ -76,13 +76,17 @@ The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this execu
 build both with `cargo build --release -p e2e --bin gw-bench --bin gateway-e2e`.";
 
 /// Every gateway setting the benchmark sets, in one place (when the gateway requires auth
-/// configuration, it is one more line here). The harness adds the bind address, the Redis
-/// URL and 2 workers.
+/// configuration, it is one more line here). The harness adds the bind address and 2 workers;
+/// everything else is the production default.
 fn gateway_settings(redis_url: &str) -> Vec<(&'static str, String)> {
     vec![
         // Per-socket debug logs (the harness default) would be measured too.
         ("RUST_LOG", "warn".to_owned()),
         ("GW__REDIS__URL", redis_url.to_owned()),
+        // The harness shortens these for fault tests; a 1 s ping deadline is too tight for a
+        // saturated machine and would measure reconnects instead of delivery.
+        ("GW__REDIS__PING_INTERVAL_MS", "5000".to_owned()),
+        ("GW__REDIS__RECONNECT_MAX_MS", "5000".to_owned()),
     ]
 }
 
