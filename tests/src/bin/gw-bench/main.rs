@@ -71,6 +71,7 @@ Options:
   --gateway-pid PID[,..] their pids, for memory and CPU figures
   --redis URL            use this Redis instead of starting one
   --user-base N          first user id (default 1000000)
+  --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
 build both with `cargo build --release -p e2e --bin gw-bench --bin gateway-e2e`.";
@@ -166,6 +167,7 @@ struct Options {
     gateway_pids: Vec<u32>,
     redis_url: Option<String>,
     user_base: u64,
+    gateway_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -192,6 +194,7 @@ impl Options {
             gateway_pids: Vec::new(),
             redis_url: None,
             user_base: 1_000_000,
+            gateway_env: Vec::new(),
         };
         match name {
             "custom" => {}
@@ -278,6 +281,15 @@ impl Options {
                 "--gateway-pid" => o.gateway_pids = list(flag, v)?,
                 "--redis" => o.redis_url = Some(v.to_owned()),
                 "--user-base" => o.user_base = num(flag, v)?,
+                "--set" => {
+                    for pair in v.split(',') {
+                        let (key, value) = pair
+                            .split_once('=')
+                            .ok_or_else(|| format!("--set: {pair:?} is not KEY=VALUE"))?;
+                        o.gateway_env
+                            .push((key.trim().to_owned(), value.to_owned()));
+                    }
+                }
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -390,7 +402,11 @@ async fn conduct(o: Options) -> Result<Value, String> {
     let publish_only = o.sockets == SocketCount::Exactly(0);
     let own_gateways: Vec<Gateway> = if o.gateways.is_empty() && !publish_only {
         let settings = gateway_settings(&redis_url);
-        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let settings: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(o.gateway_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect();
         say!(
             "starting {} gateway(s): {}",
             o.replicas,
@@ -735,6 +751,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "workers": workers,
             "connect_rate": o.connect_rate,
             "connect_inflight": o.connect_inflight,
+            "gateway_env": o.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "conditions": {
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -764,6 +781,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "seconds": round(publish_secs, 3),
             "per_second": round(outcome.sent as f64 / publish_secs.max(1e-9), 0),
             "receivers": outcome.receivers,
+            "call_ms": millis(&outcome.call_us),
             // Publishing alone (scenario p) is all of the tool's and Redis's work.
             "cpu_us_per_notification": {
                 "redis": redis_publish.filter(|_| outcome.sent > 0).map(|c| round(c * 1e6 / outcome.sent as f64, 2)),
@@ -842,10 +860,13 @@ struct PublishOutcome {
     failed: u64,
     receivers: u64,
     first_error: Option<String>,
+    /// How long each publish call took (one batch, or one notification), µs.
+    call_us: Histogram,
 }
 
 impl PublishOutcome {
-    fn add(&mut self, count: u64, result: Result<u64, publisher::PublishError>) {
+    fn add(&mut self, count: u64, began: Instant, result: Result<u64, publisher::PublishError>) {
+        self.call_us.record(began.elapsed().as_micros() as u64);
         match result {
             Ok(receivers) => {
                 self.sent += count;
@@ -888,6 +909,7 @@ async fn publish_fast(
                     return;
                 }
                 let end = (start + step).min(messages);
+                let began = Instant::now();
                 let result = match mode {
                     PublishMode::Batch => publisher
                         .publish_batch((start..end).map(|n| source.notification(n)))
@@ -901,7 +923,7 @@ async fn publish_fast(
                             .map(|r| r as u64)
                     }
                 };
-                outcome.lock().unwrap().add(end - start, result);
+                outcome.lock().unwrap().add(end - start, began, result);
             }
         });
     }
@@ -935,11 +957,12 @@ async fn publish_at_rate(
         let (publisher, source, outcome) = (publisher.clone(), source.clone(), outcome.clone());
         tokio::spawn(async move {
             let (user, notification) = source.notification(n);
+            let began = Instant::now();
             let result = publisher
                 .publish(user, notification)
                 .await
                 .map(|r| r as u64);
-            outcome.lock().unwrap().add(1, result);
+            outcome.lock().unwrap().add(1, began, result);
             drop(permit);
         });
     }
