@@ -11,6 +11,7 @@
 //!                                                                              WebSocket
 //! ```
 //!
+//! - [`auth`]: who may open which socket (origin, JWT), checked before the upgrade.
 //! - [`config`]: layered settings (defaults < file < `GW__*` environment), validated.
 //! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out) or
 //!   [`bus::memory`] (single node), behind one trait.
@@ -22,6 +23,7 @@
 //! [`run`] wires them together; `main.rs` only parses arguments, loads the configuration and
 //! installs logging.
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;
@@ -34,7 +36,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
@@ -52,6 +54,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let gate = auth::Gate::from_settings(&settings)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    warn_about_open_doors(&settings, &gate);
+    let gate = Arc::new(gate);
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(
@@ -89,6 +95,7 @@ pub async fn run(
         hub,
         bus,
         metrics,
+        gate,
         shutdown: stop_rx,
     };
     let drain = ms(settings.server.drain_timeout_ms);
@@ -100,8 +107,11 @@ pub async fn run(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .wrap(middleware::from_fn(http::limits::request_head))
             .configure(http::routes)
     })
+    // Slowloris: the whole request head within this time, or 408 and disconnect.
+    .client_request_timeout(ms(settings.server.handshake_timeout_ms))
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(drain.as_secs().max(1))
@@ -125,6 +135,27 @@ pub async fn run(
             tracing::warn!("drain deadline reached with connections still open; exiting");
             Ok(())
         }
+    }
+}
+
+/// Start-up warnings for settings that let anyone in.
+fn warn_about_open_doors(settings: &Settings, gate: &auth::Gate) {
+    if !gate.requires_token() {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED (auth.mode = {:?}): anyone who knows a user id can open \
+             /ws/notifications/<id>/ and read that user's notifications. Set auth.mode = \"jwt\" \
+             before exposing this gateway (docs/SECURITY.md)",
+            match settings.auth.mode {
+                config::AuthMode::None => "none",
+                _ => "unset",
+            }
+        );
+    }
+    if gate.requires_token() && !gate.checks_origin() {
+        tracing::warn!(
+            "origin.allowed is empty: pages of any site may open sockets (cross-site WebSocket \
+             hijacking); list your front-end origins there (docs/SECURITY.md)"
+        );
     }
 }
 

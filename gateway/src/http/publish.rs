@@ -31,7 +31,7 @@ pub async fn publish(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state.settings.publish.api_keys)?;
+    authorize(&req, &state)?;
     let request: PublishRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     let mut users: Vec<UserId> = Vec::with_capacity(request.users.len() + 1);
@@ -72,11 +72,12 @@ pub async fn publish(
 }
 
 /// With API keys configured, one must be presented as a bearer token. Without any, only
-/// clients on this machine may publish (local development).
-fn authorize(req: &HttpRequest, keys: &[String]) -> Result<(), ApiError> {
+/// clients on this machine may publish (local development); a request relayed by a proxy on
+/// this machine is not local (see [`crate::auth::Gate::is_local`]).
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let keys = &state.settings.publish.api_keys;
     if keys.is_empty() {
-        let local = req.peer_addr().is_some_and(|peer| peer.ip().is_loopback());
-        return if local {
+        return if state.gate.is_local(req) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized(

@@ -48,6 +48,7 @@ pub async fn run(
     mut stream: AggregatedMessageStream,
     registration: Registration,
     state: AppState,
+    token_expiry: Option<Instant>,
 ) {
     let Registration {
         user,
@@ -60,11 +61,15 @@ pub async fn run(
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Armed only when the socket was opened with an expiring token.
+    let expired = tokio::time::sleep_until(token_expiry.unwrap_or_else(Instant::now));
+    tokio::pin!(expired);
 
     let end = loop {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
+            _ = &mut expired, if token_expiry.is_some() => break End::Close(CloseCode::TokenExpired),
             frame = outbox.recv() => match frame {
                 Some(frame) => match timeout(limits.write_timeout, session.text(frame)).await {
                     Ok(Ok(())) => {}
