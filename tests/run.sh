@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # program -> Debian package that provides it
-needed=(redis-server:redis-server)
+needed=(redis-server:redis-server openssl:openssl)
 missing=()
 for entry in "${needed[@]}"; do
   program=${entry%%:*} package=${entry#*:}

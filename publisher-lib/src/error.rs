@@ -46,7 +46,7 @@ pub enum PublishError {
     TooLarge { size: usize, max: usize },
 
     /// The Redis URL (or pool configuration) is unusable.
-    #[error("invalid Redis URL or settings ({0}): use redis://[user:password@]host[:port][/db]; rediss:// (TLS) needs a build with redis TLS support")]
+    #[error("invalid Redis URL or TLS settings ({0}): use redis://[user:password@]host[:port][/db], or rediss://... for TLS with a PEM CA certificate")]
     InvalidConfig(#[source] RedisError),
 
     /// Connecting to Redis failed or the connection broke.

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Pipeline};
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, Pipeline, TlsCertificates,
+};
 use deadpool_redis::{Manager, Pool, Runtime};
 use tokio::time::Instant;
 
@@ -13,6 +15,8 @@ use crate::wire::{self, UserId};
 
 /// First pause before retrying a connection error; doubles on each further retry.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+const CERTIFICATE_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// How a [`Publisher`] talks to Redis.
 ///
@@ -95,8 +99,9 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A publisher for `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://` once
-    /// the TLS feature is enabled) with default options.
+    /// A publisher for `url` with default options: `redis://[user:password@]host[:port][/db]`,
+    /// or `rediss://...` for TLS, verified against the system's trusted roots (for a private
+    /// CA see [`Publisher::with_tls_ca`]). A password or ACL user goes in the URL.
     ///
     /// Does not touch the network: connections open on first use. Call [`Publisher::ping`]
     /// at startup to fail fast on a wrong host or password.
@@ -106,12 +111,48 @@ impl Publisher {
 
     /// Like [`Publisher::connect`], with your options.
     pub fn with_options(url: &str, options: PublisherOptions) -> Result<Self, PublishError> {
+        Self::build(url, options)
+    }
+
+    /// Like [`Publisher::with_options`], for a `rediss://` URL whose server certificate is
+    /// signed by a private CA: `ca_pem` holds that CA's certificate(s) in PEM and is trusted
+    /// instead of the system's roots. The server's name (or IP) must match its certificate.
+    pub fn with_tls_ca(
+        url: &str,
+        ca_pem: &[u8],
+        options: PublisherOptions,
+    ) -> Result<Self, PublishError> {
+        // redis-rs would take a PEM without certificates as an empty trust store, and every
+        // connection would then fail verification.
+        if !ca_pem
+            .windows(CERTIFICATE_MARKER.len())
+            .any(|w| w == CERTIFICATE_MARKER)
+        {
+            return Err(PublishError::InvalidConfig(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the CA PEM holds no certificate",
+            ))));
+        }
+        let certificates = TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem.to_vec()),
+        };
+        // Nothing touches the network here: every error is about the URL or the PEM.
+        let client = redis::Client::build_with_tls(url, certificates)
+            .map_err(PublishError::InvalidConfig)?;
+        Self::build(client.get_connection_info().clone(), options)
+    }
+
+    fn build(
+        target: impl IntoConnectionInfo,
+        options: PublisherOptions,
+    ) -> Result<Self, PublishError> {
         options.validate()?;
         // redis-rs would otherwise use its own 1 s connect / 500 ms reply defaults.
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout));
-        let manager = Manager::new_with_config(url, connection)
+        let manager = Manager::new_with_config(target, connection)
             .map_err(|e| PublishError::from_redis(e, options.timeout))?;
         // deadpool waits forever by default; bound every step of a checkout too.
         let pool = Pool::builder(manager)
@@ -280,6 +321,15 @@ mod tests {
             "redis://h/notadb",
         ] {
             let err = Publisher::connect(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url:?}: {err}");
+        }
+        assert!(Publisher::connect("rediss://:pw@redis.example:6380").is_ok());
+        let options = PublisherOptions::default();
+        for (url, ca) in [
+            ("redis://localhost", &b"-----BEGIN CERTIFICATE-----"[..]),
+            ("rediss://localhost", b"not pem"),
+        ] {
+            let err = Publisher::with_tls_ca(url, ca, options).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url:?}: {err}");
         }
         let zero_pool = PublisherOptions {

@@ -8,11 +8,15 @@
 //! - [`WsClient`]: a browser stand-in that reads JSON text frames and close codes.
 //! - [`RawSocket`]: a WebSocket peer that completes the handshake and then misbehaves
 //!   (never reads, never answers pings).
+//! - [`Pki`], [`JwtKeys`] and [`jwt`]: certificates for TLS Redis and keys and tokens for
+//!   authentication tests, made with the openssl CLI at test time.
+//! - [`rss_kib`], [`open_fds`]: what a process holds, for leak checks.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -79,8 +83,20 @@ fn signal(child: &Child, signal: i32) {
 // ---------------------------------------------------------------------------------------
 // redis-server
 
+/// How a test Redis is secured.
+#[derive(Clone, Default)]
+pub struct RedisOptions {
+    /// `requirepass`: the default user's password, put in [`RedisServer::url`].
+    pub password: Option<String>,
+    /// Extra ACL rules, one `--user` argument each (`"gw on >pw &user_* +@pubsub"`).
+    pub acl_users: Vec<String>,
+    /// Serve TLS only (no plain port), with this PKI's server certificate.
+    pub tls: Option<Arc<Pki>>,
+}
+
 pub struct RedisServer {
     pub port: u16,
+    pub options: RedisOptions,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -88,8 +104,14 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a redis-server on a free port, without persistence.
     pub fn start() -> Self {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts one with a password, ACL users or TLS.
+    pub fn start_with(options: RedisOptions) -> Self {
         let mut server = RedisServer {
             port: free_port(),
+            options,
             dir: TempDir::new("redis"),
             child: None,
         };
@@ -97,23 +119,55 @@ impl RedisServer {
         server
     }
 
+    /// The URL clients use: `rediss://` with TLS, the password in it when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let credentials = match &self.options.password {
+            Some(password) => format!(":{password}@"),
+            None => String::new(),
+        };
+        self.url_with_credentials(&credentials)
+    }
+
+    /// The URL with other credentials: `"user:password@"`, or `""` for none.
+    pub fn url_with_credentials(&self, credentials: &str) -> String {
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{credentials}127.0.0.1:{}", self.port)
     }
 
     fn spawn(&mut self) {
         let program = require_program("redis-server", "redis-server");
-        let child = Command::new(program)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new(program);
+        let port = self.port.to_string();
+        match &self.options.tls {
+            None => command.args(["--port", &port]),
+            Some(pki) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&pki.server_cert)
+                .arg("--tls-key-file")
+                .arg(&pki.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca_cert),
+        };
+        if let Some(password) = &self.options.password {
+            command.args(["--requirepass", password]);
+        }
+        for rules in &self.options.acl_users {
+            command.args(["--user", rules]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir.0)
             .stdout(Stdio::null())
@@ -140,7 +194,17 @@ impl RedisServer {
     }
 
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("redis url")
+        match &self.options.tls {
+            None => redis::Client::open(self.url()).expect("redis url"),
+            Some(pki) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&pki.ca_cert).expect("reading the test CA")),
+                },
+            )
+            .expect("redis TLS client"),
+        }
     }
 
     /// A plain (blocking) connection for assertions and raw PUBLISHes.
@@ -251,7 +315,13 @@ impl Gateway {
             .env("GW__SERVER__WORKERS", "2")
             .env("GW__REDIS__URL", redis.map(|r| r.url()).unwrap_or_default())
             .env("GW__REDIS__RECONNECT_MAX_MS", "500")
-            .env("GW__REDIS__PING_INTERVAL_MS", "1000");
+            .env("GW__REDIS__PING_INTERVAL_MS", "1000")
+            // Explicit, as a scaled-out gateway refuses to start without it; tests of
+            // authentication override it.
+            .env("GW__AUTH__MODE", "none");
+        if let Some(pki) = redis.and_then(|r| r.options.tls.as_ref()) {
+            command.env("GW__REDIS__CA_FILE", &pki.ca_cert);
+        }
         for (key, value) in settings {
             command.env(key, value);
         }
@@ -577,4 +647,339 @@ fn parse_close_code(mut data: &[u8]) -> Option<u16> {
         data = &data[header + len..];
     }
     None
+}
+
+/// A refused WebSocket handshake: the HTTP status and the JSON body.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl WsClient {
+    /// Connects with extra request headers. Returns the client and the subprotocol the
+    /// server selected, or the refusal. Panics on anything else (I/O errors, timeouts).
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Self, Option<String>), Refusal> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request().expect("a ws:// URL");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        let connected = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap_or_else(|_| panic!("handshake with {url} timed out"));
+        match connected {
+            Ok((ws, response)) => {
+                let protocol = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                Ok((WsClient { ws }, protocol))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                Err(Refusal {
+                    status: response.status().as_u16(),
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                })
+            }
+            Err(other) => panic!("handshake with {url} failed: {other}"),
+        }
+    }
+
+    /// The refusal of a handshake that must fail.
+    pub async fn refused(url: &str, headers: &[(&str, &str)]) -> Refusal {
+        match Self::connect_with(url, headers).await {
+            Ok(_) => panic!("{url} with {headers:?} was accepted"),
+            Err(refusal) => refusal,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// certificates, keys, tokens
+
+fn openssl(args: &[&str], dir: &Path) {
+    let program = require_program("openssl", "openssl");
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1 signed by it.
+pub struct Pki {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    _dir: TempDir,
+}
+
+impl Pki {
+    pub fn generate() -> Arc<Self> {
+        let dir = TempDir::new("pki");
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gateway e2e test CA",
+        ];
+        ca.extend(p256);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&ca, &dir.0);
+        let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+        csr.extend(p256);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(&csr, &dir.0);
+        std::fs::write(
+            dir.0.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.pem",
+            ],
+            &dir.0,
+        );
+        Arc::new(Pki {
+            ca_cert: dir.0.join("ca.pem"),
+            server_cert: dir.0.join("server.pem"),
+            server_key: dir.0.join("server.key"),
+            _dir: dir,
+        })
+    }
+}
+
+/// RSA (2048) and P-256 key pairs for RS256/ES256 tokens: PKCS#8 private keys, SPKI public.
+pub struct JwtKeys {
+    pub rsa_private: Vec<u8>,
+    pub rsa_public_file: PathBuf,
+    pub ec_private: Vec<u8>,
+    pub ec_public_file: PathBuf,
+    pub ec_private_file: PathBuf,
+    _dir: TempDir,
+}
+
+impl JwtKeys {
+    pub fn generate() -> Self {
+        let dir = TempDir::new("jwt-keys");
+        for (algorithm, option, name) in [
+            ("RSA", "rsa_keygen_bits:2048", "rsa"),
+            ("EC", "ec_paramgen_curve:P-256", "ec"),
+        ] {
+            let key = format!("{name}.key");
+            openssl(
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    algorithm,
+                    "-pkeyopt",
+                    option,
+                    "-out",
+                    &key,
+                ],
+                &dir.0,
+            );
+            openssl(
+                &[
+                    "pkey",
+                    "-in",
+                    &key,
+                    "-pubout",
+                    "-out",
+                    &format!("{name}.pub"),
+                ],
+                &dir.0,
+            );
+        }
+        JwtKeys {
+            rsa_private: std::fs::read(dir.0.join("rsa.key")).unwrap(),
+            rsa_public_file: dir.0.join("rsa.pub"),
+            ec_private: std::fs::read(dir.0.join("ec.key")).unwrap(),
+            ec_public_file: dir.0.join("ec.pub"),
+            ec_private_file: dir.0.join("ec.key"),
+            _dir: dir,
+        }
+    }
+}
+
+/// Tokens as the Django backend (djangorestframework-simplejwt) issues them, and broken ones.
+pub mod jwt {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+
+    /// The backend's signing key in the tests (simplejwt's SIGNING_KEY).
+    pub const SECRET: &str = "django-insecure-e2e-signing-key-with-enough-length";
+
+    /// `GW__*` settings of a gateway that verifies [`SECRET`]-signed HS256 tokens.
+    pub const HS256_SETTINGS: [(&str, &str); 2] = [
+        ("GW__AUTH__MODE", "jwt"),
+        ("GW__AUTH__HS256_SECRET", SECRET),
+    ];
+
+    pub fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// An access token's claims, expiring `ttl_secs` from now (negative: in the past).
+    pub fn access_claims(user: u64, ttl_secs: i64) -> Value {
+        json!({
+            "token_type": "access",
+            "exp": now() + ttl_secs,
+            "iat": now(),
+            "jti": format!("{:032x}", now() as u128 * 7919 + u128::from(user)),
+            "user_id": user,
+        })
+    }
+
+    pub fn hs256(claims: &Value) -> String {
+        hs256_with(claims, SECRET)
+    }
+
+    pub fn hs256_with(claims: &Value, secret: &str) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// A simplejwt access token for `user`, valid five minutes.
+    pub fn access(user: u64) -> String {
+        hs256(&access_claims(user, 300))
+    }
+
+    pub fn rs256(claims: &Value, private_pem: &[u8]) -> String {
+        let key = EncodingKey::from_rsa_pem(private_pem).unwrap();
+        encode(&Header::new(Algorithm::RS256), claims, &key).unwrap()
+    }
+
+    pub fn es256(claims: &Value, private_pem: &[u8]) -> String {
+        let key = EncodingKey::from_ec_pem(private_pem).unwrap();
+        encode(&Header::new(Algorithm::ES256), claims, &key).unwrap()
+    }
+
+    /// HS-signed with `secret` bytes but any `alg` header: the key-confusion attack.
+    pub fn hmac_with_alg(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
+        let header = Header::new(alg);
+        let signing_alg = match alg {
+            Algorithm::HS384 => Algorithm::HS384,
+            Algorithm::HS512 => Algorithm::HS512,
+            _ => Algorithm::HS256,
+        };
+        let signed = encode(
+            &Header::new(signing_alg),
+            claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        if signing_alg == alg {
+            return signed;
+        }
+        // Re-sign the claims under the forged header with the same HMAC key.
+        let claims_part = signed.split('.').nth(1).unwrap();
+        let header_part = b64(serde_json::to_string(&header).unwrap().as_bytes());
+        let message = format!("{header_part}.{claims_part}");
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(secret),
+            signing_alg,
+        )
+        .unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// A token with a hand-written header and no signature (`alg: none` and friends).
+    pub fn unsigned(header_json: &str, claims: &Value) -> String {
+        format!(
+            "{}.{}.",
+            b64(header_json.as_bytes()),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    /// base64url without padding, as JWTs use.
+    pub fn b64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// process accounting
+
+/// Resident memory of a process, KiB (VmRSS in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// File descriptors a process holds open (sockets included).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .count()
 }
