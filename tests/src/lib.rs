@@ -164,7 +164,7 @@ impl RedisServer {
             command.args(["--requirepass", password]);
         }
         for rules in &self.options.acl_users {
-            command.args(["--user", rules]);
+            command.arg("--user").args(rules.split_whitespace());
         }
         let child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -350,6 +350,19 @@ impl Gateway {
     /// The gateway's own log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the gateway's log contains `text`.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "gateway never logged {text:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// Waits until `/readyz` answers 200.
