@@ -110,8 +110,12 @@ pub async fn run(
             .wrap(middleware::from_fn(http::limits::request_head))
             .configure(http::routes)
     })
-    // Slowloris: the whole request head within this time, or 408 and disconnect.
+    // Slowloris: the whole request head within this time, or 408 and disconnect. actix-http
+    // times only a connection's first request, so a second request trickled on a kept-alive
+    // connection would never time out: one request per connection (WebSocket upgrades need
+    // no more).
     .client_request_timeout(ms(settings.server.handshake_timeout_ms))
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(drain.as_secs().max(1))

@@ -5,6 +5,7 @@
 //! its own task in [`session`].
 
 mod close;
+mod frame_guard;
 mod session;
 
 pub use close::CloseCode;
@@ -46,15 +47,19 @@ pub async fn upgrade(
         tracing::debug!(%user, ?client, reason = error.code(), "upgrade refused");
         refused(ApiError::Auth(error))
     })?;
+    let max_frame = state.settings.ws.max_frame_bytes;
+    let body = frame_guard::guard(&req, body, max_frame)
+        .await
+        .map_err(|e| refused(ApiError::NotWebSocket(e.to_string())))?;
     // A browser that offered the `bearer` subprotocol fails the connection unless the answer
     // names it.
     let (response, session, stream) =
         actix_ws::handle_with_protocols(&req, body, &[BEARER_PROTOCOL])
             .map_err(|e| refused(ApiError::NotWebSocket(e.to_string())))?;
     let stream = stream
-        .max_frame_size(state.settings.ws.max_frame_bytes)
+        .max_frame_size(max_frame)
         .aggregate_continuations()
-        .max_continuation_size(state.settings.ws.max_frame_bytes);
+        .max_continuation_size(max_frame);
 
     let max_sockets = state.settings.server.max_sockets_per_user;
     let (registration, _first) = state

@@ -95,6 +95,7 @@ pub async fn run(
                     Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Text(_) | AggregatedMessage::Binary(_))) => {}
                     Some(Ok(AggregatedMessage::Close(_))) => break End::Close(CloseCode::Normal),
                     Some(Err(ProtocolError::Overflow)) => break End::Close(CloseCode::MessageTooBig),
+                    Some(Err(error)) if super::frame_guard::is_oversized(&error) => break End::Close(CloseCode::MessageTooBig),
                     Some(Err(error)) => {
                         tracing::debug!(%user, socket, %error, "protocol error");
                         break End::Close(CloseCode::ProtocolError);
