@@ -418,7 +418,8 @@ impl<'a> Fields<'a> {
         }
         for field in allowed {
             // Only booking.declined has an optional field; it checks its own.
-            if !data.contains_key(*field) && !(event == "booking.declined" && *field == "reason") {
+            let optional = event == "booking.declined" && *field == "reason";
+            if !optional && !data.contains_key(*field) {
                 return Err(EventError::MissingField {
                     event,
                     field,

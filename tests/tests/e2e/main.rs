@@ -1,6 +1,7 @@
 //! End-to-end tests: real redis-server, real gateway processes, real WebSocket clients.
 //! One binary, one module per behaviour a user relies on.
 
+mod cross_language;
 mod delivery;
 mod faults;
 mod lifecycle;
