@@ -5,6 +5,7 @@ mod cross_language;
 mod delivery;
 mod faults;
 mod lifecycle;
+mod metrics;
 mod socket_limits;
 mod subscriptions;
 
