@@ -6,6 +6,7 @@ mod delivery;
 mod faults;
 mod lifecycle;
 mod metrics;
+mod nginx;
 mod socket_limits;
 mod subscriptions;
 

@@ -24,10 +24,7 @@ fn scrape(gateway: &Gateway) -> HashMap<String, f64> {
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
-            assert!(
-                ["counter", "gauge", "histogram"].contains(&kind),
-                "{line}"
-            );
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
             typed.insert(name.to_owned(), kind.to_owned());
             continue;
         }
@@ -55,7 +52,10 @@ fn scrape(gateway: &Gateway) -> HashMap<String, f64> {
         assert!(typed.contains_key(base), "no # TYPE before {line:?}");
         assert!(helped.iter().any(|h| h == base), "no # HELP for {line:?}");
         if typed[base] == "counter" {
-            assert!(base.ends_with("_total"), "counter names end in _total: {base}");
+            assert!(
+                base.ends_with("_total"),
+                "counter names end in _total: {base}"
+            );
         }
         assert!(
             series.insert(name.to_owned(), value).is_none(),
@@ -77,7 +77,10 @@ fn scrape(gateway: &Gateway) -> HashMap<String, f64> {
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{name} cumulative");
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{name} cumulative"
+        );
         assert_eq!(buckets.last().map(|b| b.0), Some(f64::INFINITY), "{name}");
         assert_eq!(
             buckets.last().map(|b| b.1),
@@ -174,7 +177,10 @@ async fn every_series_moves_when_what_it_counts_happens() {
         n == 1
     });
     let m = scrape(&gateway);
-    assert_eq!(m["gateway_messages_dropped_total{cause=\"malformed\"}"], 1.0);
+    assert_eq!(
+        m["gateway_messages_dropped_total{cause=\"malformed\"}"],
+        1.0
+    );
     assert_eq!(m["gateway_messages_received_total"], 4.0);
     assert_eq!(m["gateway_frames_delivered_total"], 3.0);
 
@@ -242,5 +248,8 @@ async fn a_client_that_stops_reading_counts_as_a_slow_client_drop() {
     gateway.wait_metric("gateway_sockets_open", |n| n == 0);
     let m = scrape(&gateway);
     assert!(m["gateway_messages_dropped_total{cause=\"slow_client\"}"] >= 1.0);
-    assert_eq!(m["gateway_messages_dropped_total{cause=\"malformed\"}"], 0.0);
+    assert_eq!(
+        m["gateway_messages_dropped_total{cause=\"malformed\"}"],
+        0.0
+    );
 }
