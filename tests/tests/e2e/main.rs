@@ -3,6 +3,7 @@
 
 mod cross_language;
 mod delivery;
+mod deploy;
 mod faults;
 mod lifecycle;
 mod metrics;
