@@ -18,6 +18,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub redis: RedisSettings,
     pub ws: WsSettings,
+    pub history: HistorySettings,
     pub publish: PublishSettings,
     pub log: LogSettings,
 }
@@ -52,6 +53,16 @@ pub struct WsSettings {
     pub outbound_queue: usize,
     pub write_timeout_ms: u64,
     pub unsubscribe_linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    pub max_len: usize,
+    pub max_age_ms: u64,
+    pub replay_limit: usize,
+    pub read_timeout_ms: u64,
+    pub page_limit: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +184,18 @@ impl Settings {
         }
         if self.redis.publish_pool_size == 0 {
             return Err(invalid("redis.publish_pool_size", "must be at least 1"));
+        }
+        if self.history.max_len == 0 {
+            return Err(invalid("history.max_len", "must be at least 1"));
+        }
+        if self.history.replay_limit == 0 {
+            return Err(invalid("history.replay_limit", "must be at least 1"));
+        }
+        if self.history.read_timeout_ms == 0 {
+            return Err(invalid("history.read_timeout_ms", "must be greater than 0"));
+        }
+        if self.history.page_limit == 0 {
+            return Err(invalid("history.page_limit", "must be at least 1"));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));

@@ -24,6 +24,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -39,9 +40,11 @@ use tokio::sync::watch;
 
 use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
 use crate::config::{ms, Settings};
+use crate::history::MemoryHistory;
 use crate::http::AppState;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::ws::SessionLimits;
 
 /// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
 /// function returns within `server.drain_timeout_ms`.
@@ -65,6 +68,7 @@ pub async fn run(
         Some(url) => {
             let bus = RedisBus::start(
                 &settings.redis,
+                &settings.history,
                 url,
                 hub.clone(),
                 metrics.clone(),
@@ -79,12 +83,18 @@ pub async fn run(
                 "single-node mode: no redis.url configured, notifications travel on an in-process \
                  bus; run one replica only (set GW__REDIS__URL to scale out)"
             );
-            Arc::new(MemoryBus::new(hub.clone()))
+            let history = MemoryHistory::new(settings.history.max_len, settings.history.max_age_ms);
+            Arc::new(MemoryBus::new(
+                hub.clone(),
+                history,
+                settings.redis.max_payload_bytes,
+                settings.history.max_age_ms,
+            ))
         }
     };
 
     let state = AppState {
-        limits: (&settings.ws).into(),
+        limits: SessionLimits::new(&settings.ws, &settings.history),
         settings: settings.clone(),
         hub,
         bus,

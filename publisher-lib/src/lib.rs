@@ -48,5 +48,5 @@ mod publisher;
 pub use error::{ErrorKind, PublishError};
 pub use events::{Event, EventError};
 pub use notification::Notification;
-pub use publisher::{Publisher, PublisherOptions};
-pub use wire::{Level, UserId};
+pub use publisher::{Publisher, PublisherOptions, Receipt};
+pub use wire::{Level, StreamId, UserId};

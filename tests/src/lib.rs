@@ -86,15 +86,27 @@ fn signal(child: &Child, signal: i32) {
 pub struct RedisServer {
     pub port: u16,
     dir: TempDir,
+    persistent: bool,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a redis-server on a free port, without persistence.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a redis-server that writes every command to its append-only file before
+    /// answering, so a restart keeps everything acknowledged.
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Self {
         let mut server = RedisServer {
             port: free_port(),
             dir: TempDir::new("redis"),
+            persistent,
             child: None,
         };
         server.spawn();
@@ -107,6 +119,7 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let program = require_program("redis-server", "redis-server");
+        let appendonly = if self.persistent { "yes" } else { "no" };
         let child = Command::new(program)
             .args([
                 "--port",
@@ -115,9 +128,8 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir.0)
             .stdout(Stdio::null())
@@ -179,11 +191,29 @@ impl RedisServer {
 
     /// Client connections open on the server, not counting the one asking.
     pub fn clients(&self) -> usize {
+        self.client_list().len() - 1
+    }
+
+    /// Connections subscribed to at least one channel.
+    pub fn subscriber_connections(&self) -> usize {
+        self.client_list()
+            .iter()
+            .filter(|line| {
+                line.split(' ')
+                    .any(|field| field.strip_prefix("sub=").is_some_and(|n| n != "0"))
+            })
+            .count()
+    }
+
+    fn client_list(&self) -> Vec<String> {
         let list: String = redis::cmd("CLIENT")
             .arg("LIST")
             .query(&mut self.connection())
             .expect("CLIENT LIST");
-        list.lines().filter(|l| !l.trim().is_empty()).count() - 1
+        list.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// PUBLISH of raw bytes; returns the receiver count.
@@ -514,6 +544,18 @@ impl WsClient {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
                 Some(Err(_)) | None => return Closed::Abrupt,
+            }
+        }
+    }
+
+    /// The next JSON text frame, or `None` once the socket ended (closed, broken, or
+    /// silent for the deadline).
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                _ => return None,
             }
         }
     }

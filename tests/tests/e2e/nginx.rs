@@ -1,8 +1,10 @@
 //! The production topology on loopback: the shipped `deploy/nginx/nginx.conf` run by the real
 //! nginx with a certificate made at test time, in front of three gateway replicas and one
 //! redis-server. Browsers connect with `wss://`; when a replica is drained with SIGTERM its
-//! clients reconnect through nginx to the others and keep receiving.
+//! clients reconnect through nginx to the others with their last id, get what was published
+//! meanwhile from history, and keep receiving.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use e2e::proxy::{free_loopback_addr, Nginx, TestCa};
 use e2e::{Closed, Gateway, RedisServer, WsClient, DEADLINE};
+use serde_json::Value;
 
 use crate::{numbered, publisher, user};
 
@@ -112,25 +115,27 @@ impl Topology {
         }
     }
 
-    fn wss_url(&self, user: u64) -> String {
+    fn wss_url(&self, user: u64, last_id: Option<&str>) -> String {
+        let resume = last_id.map_or(String::new(), |id| format!("?last_id={id}"));
         format!(
-            "wss://127.0.0.1:{}/ws/notifications/{user}/",
+            "wss://127.0.0.1:{}/ws/notifications/{user}/{resume}",
             self.https.port()
         )
     }
 
     async fn connect(&self, user: u64) -> WsClient {
-        WsClient::try_connect_tls(&self.wss_url(user), self.tls.clone())
+        WsClient::try_connect_tls(&self.wss_url(user, None), self.tls.clone())
             .await
             .unwrap_or_else(|e| panic!("wss connect through nginx: {e}\n{}", self.nginx.log()))
     }
 
-    /// Connects as a browser reconnects: retries with a short backoff until it succeeds.
-    async fn reconnect(&self, user: u64) -> WsClient {
+    /// Connects as a browser reconnects: with its last id, retrying with a short backoff
+    /// until it succeeds.
+    async fn reconnect(&self, user: u64, last_id: Option<&str>) -> WsClient {
         let deadline = Instant::now() + DEADLINE;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match WsClient::try_connect_tls(&self.wss_url(user), self.tls.clone()).await {
+            match WsClient::try_connect_tls(&self.wss_url(user, last_id), self.tls.clone()).await {
                 Ok(client) => return client,
                 Err(e) => assert!(
                     Instant::now() < deadline,
@@ -184,12 +189,19 @@ async fn wss_clients_through_nginx_keep_receiving_when_a_replica_drains() {
     assert_eq!(spread.iter().sum::<u64>(), 9, "{spread:?}");
     assert!(spread.iter().all(|&n| n >= 1), "{spread:?}");
 
+    // Each client remembers the id of the last notification it saw, as browsers do.
+    let mut last_ids: HashMap<u64, String> = HashMap::new();
+    let seen = |last_ids: &mut HashMap<u64, String>, id: u64, frame: &Value, n: u64| {
+        assert_eq!(frame["data"]["n"], n, "user {id}: {frame}");
+        let frame_id = frame["id"].as_str().expect("published with history: an id");
+        last_ids.insert(id, frame_id.to_owned());
+    };
     let publisher = publisher(&topology.redis);
     for &id in &users {
         publisher.publish(user(id), numbered(id)).await.unwrap();
     }
     for (id, client) in &mut clients {
-        assert_eq!(client.next_json().await["data"]["n"], *id);
+        seen(&mut last_ids, *id, &client.next_json().await, *id);
     }
 
     // Drain replica 0 as a deploy does.
@@ -203,7 +215,8 @@ async fn wss_clients_through_nginx_keep_receiving_when_a_replica_drains() {
         "within the drain deadline: {took:?}"
     );
 
-    // Every client either still receives, or was told 1012 (restart, reconnect).
+    // Published while the drained replica's clients have no socket: they get it on
+    // reconnecting with their last id (resume from history), the others live.
     for &id in &users {
         publisher
             .publish(user(id), numbered(1000 + id))
@@ -213,11 +226,14 @@ async fn wss_clients_through_nginx_keep_receiving_when_a_replica_drains() {
     let mut moved = 0;
     for (id, client) in &mut clients {
         match client.next_json_or_close().await {
-            Ok(frame) => assert_eq!(frame["data"]["n"], 1000 + *id),
+            Ok(frame) => seen(&mut last_ids, *id, &frame, 1000 + *id),
             Err(closed) => {
                 assert_eq!(closed, Closed::Code(1012), "user {id}");
-                *client = topology.reconnect(*id).await;
+                *client = topology
+                    .reconnect(*id, last_ids.get(id).map(String::as_str))
+                    .await;
                 moved += 1;
+                seen(&mut last_ids, *id, &client.next_json().await, 1000 + *id);
             }
         }
     }
@@ -235,11 +251,7 @@ async fn wss_clients_through_nginx_keep_receiving_when_a_replica_drains() {
             .unwrap();
     }
     for (id, client) in &mut clients {
-        assert_eq!(
-            client.next_json().await["data"]["n"],
-            2000 + *id,
-            "user {id} receives after the drain"
-        );
+        seen(&mut last_ids, *id, &client.next_json().await, 2000 + *id);
     }
 }
 
