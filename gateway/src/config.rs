@@ -40,6 +40,8 @@ pub struct RedisSettings {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub ping_interval_ms: u64,
+    pub canary_interval_ms: u64,
+    pub canary_timeout_ms: u64,
     pub max_payload_bytes: usize,
     pub publish_pool_size: usize,
 }
@@ -178,6 +180,15 @@ impl Settings {
         }
         if self.redis.ping_interval_ms == 0 {
             return Err(invalid("redis.ping_interval_ms", "must be greater than 0"));
+        }
+        if self.redis.canary_interval_ms == 0 {
+            return Err(invalid(
+                "redis.canary_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.redis.canary_timeout_ms == 0 {
+            return Err(invalid("redis.canary_timeout_ms", "must be greater than 0"));
         }
         if self.redis.max_payload_bytes == 0 {
             return Err(invalid("redis.max_payload_bytes", "must be greater than 0"));

@@ -12,6 +12,11 @@
 //! it reads live messages again; the hub drops the overlap by id.
 //!
 //! History reads and publishes use a separate pooled connection (publisher-lib's pool).
+//!
+//! Readiness reflects delivery, not just a connection: every `redis.canary_interval_ms` the
+//! node PUBLISHes a canary on a channel of its own and reports not ready while one stays
+//! unanswered for longer than `redis.canary_timeout_ms`, so a subscription that broke silently
+//! takes the node out of the load balancer.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -50,6 +55,40 @@ struct Shared {
     /// The highest interest epoch whose changes Redis has confirmed.
     applied: watch::Sender<u64>,
     connected: AtomicBool,
+    canary: Mutex<Canary>,
+    canary_channel: String,
+    canary_timeout: Duration,
+}
+
+/// The delivery self-check: canaries sent, and the oldest one not yet seen coming back.
+#[derive(Default)]
+struct Canary {
+    sent: u64,
+    unanswered_since: Option<(u64, tokio::time::Instant)>,
+}
+
+impl Shared {
+    fn canary(&self) -> std::sync::MutexGuard<'_, Canary> {
+        self.canary.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn canary_returned(&self, seq: u64) {
+        let mut canary = self.canary();
+        if canary
+            .unanswered_since
+            .is_some_and(|(oldest, _)| oldest <= seq)
+        {
+            canary.unanswered_since = None;
+        }
+    }
+
+    fn delivering(&self) -> bool {
+        self.connected.load(Relaxed)
+            && self
+                .canary()
+                .unanswered_since
+                .is_none_or(|(_, since)| since.elapsed() <= self.canary_timeout)
+    }
 }
 
 #[derive(Default)]
@@ -96,6 +135,9 @@ impl RedisBus {
             wake: Notify::new(),
             applied: watch::Sender::new(0),
             connected: AtomicBool::new(false),
+            canary: Mutex::default(),
+            canary_channel: format!("gateway_canary:{}", node_id()),
+            canary_timeout: ms(settings.canary_timeout_ms),
         });
         let timing = Timing {
             reconnect_min: ms(settings.reconnect_min_ms),
@@ -110,7 +152,13 @@ impl RedisBus {
             history: reader.clone(),
             replay_limit: history.replay_limit,
         };
-        tokio::spawn(subscriber.run(client, shutdown));
+        tokio::spawn(subscriber.run(client, shutdown.clone()));
+        tokio::spawn(send_canaries(
+            shared.clone(),
+            reader.pool.clone(),
+            ms(settings.canary_interval_ms),
+            shutdown,
+        ));
         Ok(RedisBus {
             shared,
             publisher,
@@ -180,7 +228,7 @@ impl Bus for RedisBus {
     }
 
     fn is_ready(&self) -> bool {
-        self.shared.connected.load(Relaxed)
+        self.shared.delivering()
     }
 
     fn kind(&self) -> &'static str {
@@ -389,6 +437,14 @@ impl Subscriber {
         };
         let cursors = self.hub.cursors();
         let wanted: Vec<UserId> = cursors.iter().map(|(user, _)| *user).collect();
+        let canary = [self.shared.canary_channel.as_str()];
+        match tokio::time::timeout(self.timing.ping_interval, sink.subscribe(&canary)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(format!("subscribe failed: {error}")),
+            Err(_) => return Err("subscribe timed out".into()),
+        }
+        // Canaries sent over the previous link are not coming back.
+        self.shared.canary().unanswered_since = None;
         apply(
             &mut sink,
             &mut subscribed,
@@ -420,6 +476,11 @@ impl Subscriber {
                     let Some(message) = message else {
                         return Err("connection closed".into());
                     };
+                    if message.get_channel_name() == self.shared.canary_channel {
+                        let seq = std::str::from_utf8(message.get_payload_bytes()).ok().and_then(|s| s.parse().ok());
+                        self.shared.canary_returned(seq.unwrap_or(0));
+                        continue;
+                    }
                     match UserId::from_channel(message.get_channel_name().as_bytes()) {
                         Some(user) => {
                             self.hub.deliver(user, message.get_payload_bytes());
@@ -501,6 +562,61 @@ impl Subscriber {
         }
         Ok(())
     }
+}
+
+/// Publishes a canary to this node's own channel every `interval` while the subscriber link is
+/// up. One that fails to publish counts as unanswered too: the node cannot reach Redis.
+async fn send_canaries(
+    shared: Arc<Shared>,
+    pool: deadpool_redis::Pool,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !shared.connected.load(Relaxed) {
+            continue;
+        }
+        let seq = {
+            let mut canary = shared.canary();
+            canary.sent += 1;
+            let seq = canary.sent;
+            canary
+                .unanswered_since
+                .get_or_insert((seq, tokio::time::Instant::now()));
+            seq
+        };
+        let publish = async {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("PUBLISH")
+                .arg(&shared.canary_channel)
+                .arg(seq)
+                .query_async::<u64>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(shared.canary_timeout, publish).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "canary publish failed"),
+            Err(_) => tracing::warn!("canary publish timed out"),
+        }
+        if !shared.delivering() {
+            tracing::warn!(seq, "canary not delivered in time: reporting not ready");
+        }
+    }
+}
+
+/// A name for this node's canary channel, unique enough among replicas.
+fn node_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", std::process::id(), nanos)
 }
 
 /// SUBSCRIBEs `add` and UNSUBSCRIBEs `remove`, in batches, each bounded by `timeout`.

@@ -8,6 +8,7 @@ mod faults;
 mod lifecycle;
 mod metrics;
 mod nginx;
+mod readiness;
 mod resume;
 mod socket_limits;
 mod subscriptions;

@@ -40,8 +40,8 @@ async fn subscriptions_are_counted_per_node_not_per_socket() {
     assert_eq!(redis.numsub("user_12"), 1);
     assert_eq!(
         redis.subscriber_connections(),
-        1,
-        "node a subscribes on one connection"
+        2,
+        "each node subscribes on one connection"
     );
 
     let on_b = WsClient::connect(&b.ws_url("11")).await;
