@@ -58,8 +58,12 @@ async fn json_logs_are_one_object_per_line() {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 3, "{log}");
     for line in lines {
-        let entry: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(entry["level"].is_string() && entry["timestamp"].is_string(), "{line}");
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["timestamp"].is_string(),
+            "{line}"
+        );
     }
     assert!(log.contains(r#""message":"socket open""#), "{log}");
 }
