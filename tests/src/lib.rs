@@ -8,6 +8,10 @@
 //! - [`WsClient`]: a browser stand-in that reads JSON text frames and close codes.
 //! - [`RawSocket`]: a WebSocket peer that completes the handshake and then misbehaves
 //!   (never reads, never answers pings).
+//! - [`proxy`]: a real nginx in front of the replicas, TLS certificates made at test time,
+//!   `wss://` clients.
+
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,7 +36,7 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port on 127.0.0.1")
 }
 
-fn require_program(name: &str, package: &str) -> PathBuf {
+pub fn require_program(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -571,6 +575,30 @@ impl WsClient {
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next JSON text frame, or how the socket ended if it ends first.
+    pub async fn next_json_or_close(&mut self) -> Result<Value, Closed> {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("neither a frame nor a close within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(Some(close)))) => {
+                    return Err(Closed::Code(u16::from(close.code)))
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Err(Closed::Code(u16::from(CloseCode::Status)))
+                }
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(_)) | None => return Err(Closed::Abrupt),
             }
         }
     }

@@ -1,9 +1,13 @@
 //! End-to-end tests: real redis-server, real gateway processes, real WebSocket clients.
 //! One binary, one module per behaviour a user relies on.
 
+mod cross_language;
 mod delivery;
+mod deploy;
 mod faults;
 mod lifecycle;
+mod metrics;
+mod nginx;
 mod readiness;
 mod resume;
 mod socket_limits;
