@@ -91,6 +91,20 @@ impl PublisherOptions {
     }
 }
 
+/// A key unique to one publish call, so that the script can recognise a retry of it.
+fn once_key() -> String {
+    static SEED: LazyLock<u64> = LazyLock::new(|| {
+        // RandomState is seeded from the OS: distinct per process without a rand dependency.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("publish:once:{:016x}{n:x}", *SEED)
+}
+
 /// What Redis answered to one publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
@@ -108,8 +122,8 @@ pub struct Receipt {
 ///
 /// Every notification is appended to the user's history stream and published in one atomic
 /// script, so a browser that reconnects with the last id it saw is replayed what it missed.
-/// A connection that breaks after the script was sent is retried, so that rare case may store
-/// and deliver a notification twice (with two ids); clients cannot tell it from two publishes.
+/// A connection that breaks after the script was sent is retried with the same one-time key,
+/// which the script recognises: a retry never stores or delivers a notification twice.
 #[derive(Clone)]
 pub struct Publisher {
     pool: Pool,
@@ -268,6 +282,7 @@ impl Publisher {
         let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
         invocation
             .key(user.history_key())
+            .key(once_key())
             .arg(user.channel())
             .arg(payload)
             .arg(self.options.history_max_len)
