@@ -18,6 +18,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub redis: RedisSettings,
     pub ws: WsSettings,
+    pub history: HistorySettings,
     pub publish: PublishSettings,
     pub auth: AuthSettings,
     pub origin: OriginSettings,
@@ -46,6 +47,8 @@ pub struct RedisSettings {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub ping_interval_ms: u64,
+    pub canary_interval_ms: u64,
+    pub canary_timeout_ms: u64,
     pub max_payload_bytes: usize,
     pub publish_pool_size: usize,
     pub ca_file: String,
@@ -60,6 +63,16 @@ pub struct WsSettings {
     pub outbound_queue: usize,
     pub write_timeout_ms: u64,
     pub unsubscribe_linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    pub max_len: usize,
+    pub max_age_ms: u64,
+    pub replay_limit: usize,
+    pub read_timeout_ms: u64,
+    pub page_limit: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,11 +244,32 @@ impl Settings {
         if self.redis.ping_interval_ms == 0 {
             return Err(invalid("redis.ping_interval_ms", "must be greater than 0"));
         }
+        if self.redis.canary_interval_ms == 0 {
+            return Err(invalid(
+                "redis.canary_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.redis.canary_timeout_ms == 0 {
+            return Err(invalid("redis.canary_timeout_ms", "must be greater than 0"));
+        }
         if self.redis.max_payload_bytes == 0 {
             return Err(invalid("redis.max_payload_bytes", "must be greater than 0"));
         }
         if self.redis.publish_pool_size == 0 {
             return Err(invalid("redis.publish_pool_size", "must be at least 1"));
+        }
+        if self.history.max_len == 0 {
+            return Err(invalid("history.max_len", "must be at least 1"));
+        }
+        if self.history.replay_limit == 0 {
+            return Err(invalid("history.replay_limit", "must be at least 1"));
+        }
+        if self.history.read_timeout_ms == 0 {
+            return Err(invalid("history.read_timeout_ms", "must be greater than 0"));
+        }
+        if self.history.page_limit == 0 {
+            return Err(invalid("history.page_limit", "must be at least 1"));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));

@@ -8,6 +8,10 @@
 //! Fan-out never waits: each socket has a bounded queue, filled with `try_send`. A socket whose
 //! queue is full is removed on the spot (its sender dropped), which its session task sees as
 //! the end of its queue and answers by closing with [`crate::ws::CloseCode::SlowConsumer`].
+//!
+//! Each user also has a cursor: the newest history id delivered to the user's sockets on this
+//! node. Frames at or below it are duplicates (a catch-up after a Redis reconnect overlapping
+//! live delivery) and are skipped; after a reconnect the bus catches up from it.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -16,13 +20,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
-use publisher::wire::{self, PayloadError, UserId};
+use publisher::wire::{self, PayloadError, StreamId, UserId};
 use tokio::sync::mpsc;
 
 use crate::metrics::{DropCause, Metrics};
 
-/// One notification as written to sockets: shared, never copied per socket.
-pub type Frame = ByteString;
+/// One notification as written to sockets: the text is shared, never copied per socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Its history id, when it has one (plain PUBLISHes are live only).
+    pub id: Option<StreamId>,
+    pub text: ByteString,
+}
 
 pub type SocketId = u64;
 
@@ -36,6 +45,7 @@ struct Outbox {
 #[derive(Default)]
 struct UserEntry {
     sockets: Vec<Outbox>,
+    cursor: Option<StreamId>,
 }
 
 type Shard = HashMap<UserId, UserEntry>;
@@ -140,17 +150,25 @@ impl Hub {
 
     /// Every user this node needs, for a full re-subscription after a bus reconnect.
     pub fn users(&self) -> Vec<UserId> {
+        self.cursors().into_iter().map(|(user, _)| user).collect()
+    }
+
+    /// Every user this node needs, with the newest history id delivered to it here.
+    pub fn cursors(&self) -> Vec<(UserId, Option<StreamId>)> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
-            all.extend(
-                shard
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .keys()
-                    .copied(),
-            );
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(shard.iter().map(|(user, entry)| (*user, entry.cursor)));
         }
         all
+    }
+
+    /// Records that everything up to `id` is accounted for (the newest history id when the
+    /// user's subscription started), unless something newer was delivered already.
+    pub fn advance_cursor(&self, user: UserId, id: StreamId) {
+        if let Some(entry) = self.shard(user).get_mut(&user) {
+            entry.cursor = entry.cursor.max(Some(id));
+        }
     }
 
     /// Validates one payload from the bus and queues it to every local socket of `user`.
@@ -177,15 +195,30 @@ impl Hub {
                 .observe_latency_ms(now_ms.saturating_sub(sent_ms));
         }
 
-        let mut shard = self.shard(user);
-        let Some(entry) = shard.get_mut(&user).filter(|e| !e.sockets.is_empty()) else {
-            return 0;
-        };
         // check_payload parsed it as JSON, so this UTF-8 check cannot fail; it runs once per
         // message, and every socket then shares the same bytes.
-        let Ok(frame) = Frame::try_from(payload.to_vec()) else {
+        let Ok(text) = ByteString::try_from(payload.to_vec()) else {
             return 0;
         };
+        self.deliver_frame(user, Frame { id: info.id, text })
+    }
+
+    /// Queues a ready frame to every local socket of `user`, unless its id shows the user
+    /// already has it. Returns the number of sockets it was queued to.
+    pub fn deliver_frame(&self, user: UserId, frame: Frame) -> usize {
+        let mut shard = self.shard(user);
+        let Some(entry) = shard.get_mut(&user) else {
+            return 0;
+        };
+        if let Some(id) = frame.id {
+            if entry.cursor.is_some_and(|seen| id <= seen) {
+                return 0;
+            }
+            entry.cursor = Some(id);
+        }
+        if entry.sockets.is_empty() {
+            return 0;
+        }
         let before = entry.sockets.len();
         let mut delivered = 0;
         entry
@@ -234,8 +267,8 @@ mod tests {
         assert!(!first);
         let (mut b, _) = hub.register(user(2));
         assert_eq!(hub.deliver(user(1), NOTE), 2);
-        assert_eq!(a1.outbox.try_recv().unwrap().as_bytes(), NOTE);
-        assert_eq!(a2.outbox.try_recv().unwrap().as_bytes(), NOTE);
+        assert_eq!(a1.outbox.try_recv().unwrap().text.as_bytes(), NOTE);
+        assert_eq!(a2.outbox.try_recv().unwrap().text.as_bytes(), NOTE);
         assert!(b.outbox.try_recv().is_err());
     }
 
@@ -283,13 +316,35 @@ mod tests {
             1,
             "slow socket evicted, fast one served"
         );
-        assert_eq!(fast.outbox.try_recv().unwrap().as_bytes(), NOTE);
+        assert_eq!(fast.outbox.try_recv().unwrap().text.as_bytes(), NOTE);
         slow.outbox.try_recv().unwrap();
         assert!(matches!(
             slow.outbox.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ));
         assert_eq!(hub.metrics.dropped_count(DropCause::SlowClient), 1);
+    }
+
+    #[test]
+    fn frames_at_or_below_the_cursor_are_duplicates() {
+        let hub = hub(8);
+        let (mut a, _) = hub.register(user(1));
+        hub.advance_cursor(user(1), StreamId::new(10, 0));
+        let note = |id: &str| format!(r#"{{"id":"{id}","type":"info","message":"m"}}"#);
+        assert_eq!(
+            hub.deliver(user(1), note("9-0").as_bytes()),
+            0,
+            "older than the subscription"
+        );
+        assert_eq!(hub.deliver(user(1), note("11-0").as_bytes()), 1);
+        assert_eq!(hub.deliver(user(1), note("11-0").as_bytes()), 0, "seen");
+        assert_eq!(
+            hub.deliver(user(1), NOTE),
+            1,
+            "live-only frames have no id to compare"
+        );
+        assert_eq!(a.outbox.try_recv().unwrap().id, Some(StreamId::new(11, 0)));
+        assert_eq!(hub.cursors(), vec![(user(1), Some(StreamId::new(11, 0)))]);
     }
 
     #[test]

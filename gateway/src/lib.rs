@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
@@ -41,9 +42,11 @@ use tokio::sync::watch;
 
 use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
 use crate::config::{ms, Settings};
+use crate::history::MemoryHistory;
 use crate::http::AppState;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::ws::SessionLimits;
 
 /// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
 /// function returns within `server.drain_timeout_ms`.
@@ -54,6 +57,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // redis-rs builds its TLS client with rustls's process-wide default provider, which rustls
+    // picks by itself only when exactly one is compiled in: name it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let gate = auth::Gate::from_settings(&settings)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     warn_about_open_doors(&settings, &gate);
@@ -71,6 +77,7 @@ pub async fn run(
         Some(url) => {
             let bus = RedisBus::start(
                 &settings.redis,
+                &settings.history,
                 url,
                 hub.clone(),
                 metrics.clone(),
@@ -85,12 +92,18 @@ pub async fn run(
                 "single-node mode: no redis.url configured, notifications travel on an in-process \
                  bus; run one replica only (set GW__REDIS__URL to scale out)"
             );
-            Arc::new(MemoryBus::new(hub.clone()))
+            let history = MemoryHistory::new(settings.history.max_len, settings.history.max_age_ms);
+            Arc::new(MemoryBus::new(
+                hub.clone(),
+                history,
+                settings.redis.max_payload_bytes,
+                settings.history.max_age_ms,
+            ))
         }
     };
 
     let state = AppState {
-        limits: (&settings.ws).into(),
+        limits: SessionLimits::new(&settings.ws, &settings.history),
         settings: settings.clone(),
         hub,
         bus,
@@ -118,6 +131,9 @@ pub async fn run(
     .keep_alive(actix_web::http::KeepAlive::Disabled)
     .workers(workers)
     .disable_signals()
+    // A client's EOF ends its connection at once (actix-extras#550: sockets otherwise linger
+    // in CLOSE_WAIT).
+    .h1_allow_half_closed(false)
     .shutdown_timeout(drain.as_secs().max(1))
     .max_connections(settings.server.max_connections + 1024)
     .listen(listener)?

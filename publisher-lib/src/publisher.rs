@@ -3,15 +3,21 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::LazyLock;
+
 use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, Pipeline, TlsCertificates,
+    self, AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, Pipeline, Script,
+    TlsCertificates,
 };
 use deadpool_redis::{Manager, Pool, Runtime};
 use tokio::time::Instant;
 
 use crate::error::PublishError;
 use crate::notification::{now_millis, Notification};
-use crate::wire::{self, UserId};
+use crate::wire::{self, StreamId, UserId};
+
+/// The history-and-publish script, hashed once (EVALSHA after the first load).
+static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(wire::PUBLISH_SCRIPT));
 
 /// First pause before retrying a connection error; doubles on each further retry.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
@@ -46,16 +52,27 @@ pub struct PublisherOptions {
     /// doubling pause starting at 50 ms, all within `timeout`. Default 2. Errors Redis answers
     /// with (wrong password, ACL) and timeouts are never retried.
     pub retries: u32,
+    /// Notifications kept per user in the history stream (approximately: Redis trims in whole
+    /// blocks, so a little more may be kept). Default 1000. Clients that reconnect are
+    /// replayed what they missed from this history.
+    pub history_max_len: usize,
+    /// Notifications older than this are trimmed from history, and a user's history expires
+    /// when nothing was published to them for this long. Default 24 h; zero keeps entries
+    /// regardless of age.
+    pub history_max_age: Duration,
 }
 
 impl Default for PublisherOptions {
-    /// `pool_size` 8, `timeout` 2 s, `max_payload_bytes` 64 KiB, `retries` 2.
+    /// `pool_size` 8, `timeout` 2 s, `max_payload_bytes` 64 KiB, `retries` 2,
+    /// `history_max_len` 1000, `history_max_age` 24 h.
     fn default() -> Self {
         PublisherOptions {
             pool_size: 8,
             timeout: Duration::from_secs(2),
             max_payload_bytes: wire::DEFAULT_MAX_PAYLOAD_BYTES,
             retries: 2,
+            history_max_len: 1000,
+            history_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -70,8 +87,36 @@ impl PublisherOptions {
                 "timeout must be more than zero",
             ));
         }
+        if self.history_max_len == 0 {
+            return Err(PublishError::InvalidOptions(
+                "history_max_len must be at least 1",
+            ));
+        }
         Ok(())
     }
+}
+
+/// A key unique to one publish call, so that the script can recognise a retry of it.
+fn once_key() -> String {
+    static SEED: LazyLock<u64> = LazyLock::new(|| {
+        // RandomState is seeded from the OS: distinct per process without a rand dependency.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("publish:once:{:016x}{n:x}", *SEED)
+}
+
+/// What Redis answered to one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The notification's id in the user's history (also sent to browsers as `"id"`).
+    pub id: StreamId,
+    /// Gateway nodes that received it live: 0 means no browser of the user is open anywhere.
+    pub receivers: usize,
 }
 
 /// Sends notifications to users through Redis.
@@ -80,8 +125,10 @@ impl PublisherOptions {
 /// Needs a Tokio runtime with the time driver enabled. Every call returns within
 /// [`PublisherOptions::timeout`].
 ///
-/// Delivery is at most once per successful call, except that a connection that breaks
-/// after a PUBLISH was written is retried, so that rare case may deliver twice.
+/// Every notification is appended to the user's history stream and published in one atomic
+/// script, so a browser that reconnects with the last id it saw is replayed what it missed.
+/// A connection that breaks after the script was sent is retried with the same one-time key,
+/// which the script recognises: a retry never stores or delivers a notification twice.
 #[derive(Clone)]
 pub struct Publisher {
     pool: Pool,
@@ -179,6 +226,12 @@ impl Publisher {
         &self.options
     }
 
+    /// The connection pool, for other commands on the same Redis (a gateway reads history
+    /// through it).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Checks that Redis answers (for startup and health checks).
     pub async fn ping(&self) -> Result<(), PublishError> {
         let mut pipe = redis::pipe();
@@ -199,6 +252,16 @@ impl Publisher {
         notification: impl Into<Notification>,
     ) -> Result<usize, PublishError> {
         let payload = self.serialise(notification.into())?;
+        Ok(self.publish_checked(user, &payload).await?.receivers)
+    }
+
+    /// Like [`Publisher::publish`], and also returns the notification's history id.
+    pub async fn publish_with_receipt(
+        &self,
+        user: UserId,
+        notification: impl Into<Notification>,
+    ) -> Result<Receipt, PublishError> {
+        let payload = self.serialise(notification.into())?;
         self.publish_checked(user, &payload).await
     }
 
@@ -212,7 +275,7 @@ impl Publisher {
         payload: &[u8],
     ) -> Result<usize, PublishError> {
         wire::check_payload(payload, self.options.max_payload_bytes)?;
-        self.publish_checked(user, payload).await
+        Ok(self.publish_checked(user, payload).await?.receivers)
     }
 
     /// Sends one notification to several users in a single round trip (pipelined PUBLISH).
@@ -234,10 +297,10 @@ impl Publisher {
         }
         let mut pipe = redis::pipe();
         for user in &users {
-            pipe.cmd("PUBLISH").arg(user.channel()).arg(&payload[..]);
+            pipe.invoke_script(&self.invocation(*user, &payload));
         }
-        let receivers: Vec<usize> = self.execute(&pipe).await?;
-        Ok(receivers.iter().sum())
+        let replies: Vec<(String, usize)> = self.execute(&pipe).await?;
+        Ok(replies.iter().map(|(_, receivers)| receivers).sum())
     }
 
     fn serialise(&self, mut notification: Notification) -> Result<Vec<u8>, PublishError> {
@@ -247,11 +310,26 @@ impl Publisher {
         notification.to_payload(self.options.max_payload_bytes)
     }
 
-    async fn publish_checked(&self, user: UserId, payload: &[u8]) -> Result<usize, PublishError> {
+    async fn publish_checked(&self, user: UserId, payload: &[u8]) -> Result<Receipt, PublishError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH").arg(user.channel()).arg(payload);
-        let (receivers,): (usize,) = self.execute(&pipe).await?;
-        Ok(receivers)
+        pipe.invoke_script(&self.invocation(user, payload));
+        let ((id, receivers),): ((String, usize),) = self.execute(&pipe).await?;
+        let id = id.parse().map_err(|_| PublishError::MalformedPayload {
+            reason: format!("Redis answered an unexpected history id {id:?}"),
+        })?;
+        Ok(Receipt { id, receivers })
+    }
+
+    fn invocation<'a>(&self, user: UserId, payload: &[u8]) -> redis::ScriptInvocation<'a> {
+        let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
+        invocation
+            .key(user.history_key())
+            .key(once_key())
+            .arg(user.channel())
+            .arg(payload)
+            .arg(self.options.history_max_len)
+            .arg(self.options.history_max_age.as_millis() as u64);
+        invocation
     }
 
     /// Runs `pipe` on a pooled connection, retrying connection errors, all within one deadline.
@@ -286,9 +364,19 @@ impl Publisher {
             .get()
             .await
             .map_err(|e| PublishError::from_pool(e, timeout))?;
-        pipe.query_async(&mut conn)
-            .await
-            .map_err(|e| PublishError::from_redis(e, timeout))
+        let mut result = pipe.query_async(&mut conn).await;
+        // A restarted Redis has forgotten the script: load it and send the pipeline again.
+        // Nothing ran, since every command of the pipeline is the script.
+        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            PUBLISH_SCRIPT
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| PublishError::from_redis(e, timeout))?;
+            result = pipe.query_async(&mut conn).await;
+        }
+        result.map_err(|e| PublishError::from_redis(e, timeout))
     }
 }
 

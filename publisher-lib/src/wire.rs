@@ -15,6 +15,16 @@ use serde::{Deserialize, Serialize};
 /// Every user's channel is this prefix followed by the decimal user id.
 pub const CHANNEL_PREFIX: &str = "user_";
 
+/// Every user's history stream is this prefix followed by the decimal user id.
+pub const HISTORY_PREFIX: &str = "history:user_";
+
+/// The stream field holding a notification's JSON in a history entry.
+pub const HISTORY_FIELD: &str = "p";
+
+/// The Lua script that appends to a user's history and publishes, atomically. Publishers in
+/// other languages run the same script (`EVAL`/`EVALSHA`); `docs/PROTOCOL.md` shows how.
+pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
+
 /// Largest payload a gateway accepts by default; larger ones are dropped and counted.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
@@ -42,6 +52,11 @@ impl UserId {
     /// The Redis channel that carries this user's notifications.
     pub fn channel(self) -> String {
         format!("{CHANNEL_PREFIX}{}", self.0)
+    }
+
+    /// The Redis stream holding this user's recent notifications.
+    pub fn history_key(self) -> String {
+        format!("{HISTORY_PREFIX}{}", self.0)
     }
 
     /// The user a channel name belongs to, if it is a user channel.
@@ -108,10 +123,86 @@ impl fmt::Display for Level {
     }
 }
 
+/// A notification's id: the id of its entry in the user's history stream, `<ms>-<seq>`.
+/// Ids of one user are strictly increasing; clients resume with the last one they saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StreamId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl StreamId {
+    pub const ZERO: StreamId = StreamId { ms: 0, seq: 0 };
+
+    pub fn new(ms: u64, seq: u64) -> Self {
+        StreamId { ms, seq }
+    }
+
+    /// The next possible id, for exclusive range starts.
+    pub fn successor(self) -> Self {
+        match self.seq.checked_add(1) {
+            Some(seq) => StreamId { ms: self.ms, seq },
+            None => StreamId {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Why a string is not a [`StreamId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a notification id looks like 1763775600123-0 (milliseconds, dash, sequence)")]
+pub struct InvalidStreamId;
+
+impl FromStr for StreamId {
+    type Err = InvalidStreamId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = |part: &str| {
+            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InvalidStreamId);
+            }
+            part.parse::<u64>().map_err(|_| InvalidStreamId)
+        };
+        let (ms, seq) = s.split_once('-').ok_or(InvalidStreamId)?;
+        Ok(StreamId {
+            ms: digits(ms)?,
+            seq: digits(seq)?,
+        })
+    }
+}
+
+/// `payload` (a JSON object) with `"id"` added as its first field, as the publish script
+/// does. `None` if the payload is not an object.
+pub fn with_id(id: StreamId, payload: &[u8]) -> Option<Vec<u8>> {
+    let start = payload.iter().position(|b| !b.is_ascii_whitespace())?;
+    if payload[start] != b'{' {
+        return None;
+    }
+    let body = &payload[start + 1..];
+    let empty = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut framed = Vec::with_capacity(payload.len() + 32);
+    framed.extend_from_slice(format!("{{\"id\":\"{id}\"").as_bytes());
+    if !empty {
+        framed.push(b',');
+    }
+    framed.extend_from_slice(body);
+    Some(framed)
+}
+
 /// What a gateway needs to know about a payload it received from a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PayloadInfo {
     pub level: Level,
+    /// The history id the publish script added; `None` for a plain PUBLISH (live only).
+    pub id: Option<StreamId>,
     /// The publisher's `timestamp` (milliseconds since the Unix epoch), when present.
     pub timestamp_ms: Option<u64>,
 }
@@ -155,11 +246,21 @@ pub fn check_payload(payload: &[u8], max_bytes: usize) -> Result<PayloadInfo, Pa
         // is no reason to refuse a notification.
         #[serde(default)]
         timestamp: Option<f64>,
+        #[serde(default, borrow)]
+        id: Option<std::borrow::Cow<'a, str>>,
     }
     let shape: Shape<'_> =
         serde_json::from_slice(payload).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+    let id = match shape.id {
+        Some(id) => Some(
+            id.parse()
+                .map_err(|e: InvalidStreamId| PayloadError::Malformed(format!("\"id\": {e}")))?,
+        ),
+        None => None,
+    };
     Ok(PayloadInfo {
         level: shape.level,
+        id,
         timestamp_ms: shape
             .timestamp
             .filter(|t| t.is_finite() && *t >= 0.0)
@@ -195,6 +296,40 @@ mod tests {
         ] {
             assert_eq!(bad.parse::<UserId>(), Err(InvalidUserId), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn stream_ids_parse_order_and_splice() {
+        let id: StreamId = "1763775600123-7".parse().unwrap();
+        assert_eq!(id, StreamId::new(1763775600123, 7));
+        assert_eq!(id.to_string(), "1763775600123-7");
+        assert!(StreamId::new(5, 9) < StreamId::new(6, 0));
+        assert_eq!(StreamId::new(5, u64::MAX).successor(), StreamId::new(6, 0));
+        for bad in ["", "1", "1-", "-1", "a-b", "1-2-3", "1 -2", "+1-2"] {
+            assert_eq!(bad.parse::<StreamId>(), Err(InvalidStreamId), "{bad:?}");
+        }
+        let framed = with_id(id, br#" {"type":"info","message":"m"}"#).unwrap();
+        assert_eq!(
+            framed,
+            br#"{"id":"1763775600123-7","type":"info","message":"m"}"#
+        );
+        assert_eq!(
+            with_id(id, b"{ }").unwrap(),
+            br#"{"id":"1763775600123-7" }"#
+        );
+        assert_eq!(with_id(id, b"[1]"), None);
+        let info = check_payload(&framed, 1024).unwrap();
+        assert_eq!(info.id, Some(id));
+        assert!(check_payload(br#"{"id":"x","type":"info","message":"m"}"#, 1024).is_err());
+    }
+
+    #[test]
+    fn the_protocol_document_carries_the_exact_publish_script() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        assert!(
+            doc.contains(PUBLISH_SCRIPT),
+            "docs/PROTOCOL.md must reproduce publisher-lib/src/publish.lua verbatim"
+        );
     }
 
     #[test]

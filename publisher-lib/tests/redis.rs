@@ -177,24 +177,49 @@ async fn subscriber_receives_the_exact_payload() {
     let expected = notification
         .to_payload(publisher.options().max_payload_bytes)
         .expect("valid notification");
-    let receivers = publisher
-        .publish(user(7), notification)
+    let receipt = publisher
+        .publish_with_receipt(user(7), notification)
         .await
         .expect("publish");
-    assert_eq!(receivers, 1);
+    assert_eq!(receipt.receivers, 1);
+    // Live subscribers get it with its history id as the first field.
     assert_eq!(
         next_message(&mut messages).await,
-        ("user_7".to_owned(), expected)
+        (
+            "user_7".to_owned(),
+            publisher::wire::with_id(receipt.id, &expected).unwrap()
+        )
+    );
+    // And the same notification is in the user's history, stored under that id.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let history: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(user(7).history_key())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        history,
+        vec![(receipt.id.to_string(), vec![("p".to_owned(), expected)])]
     );
 
-    // Raw payloads go out unchanged, unknown fields included.
+    // Raw payloads go out unchanged but for the id, unknown fields included.
     let raw = br#"{"type":"info","message":"raw","x-trace":"abc","data":{"k":[1,2]}}"#;
     let receivers = publisher
         .publish_payload(user(7), raw)
         .await
         .expect("publish_payload");
     assert_eq!(receivers, 1);
-    assert_eq!(next_message(&mut messages).await.1, raw.to_vec());
+    let received = next_message(&mut messages).await.1;
+    let id = publisher::wire::check_payload(&received, 1 << 20)
+        .unwrap()
+        .id
+        .expect("an id");
+    assert!(id > receipt.id, "ids of a user increase");
+    assert_eq!(received, publisher::wire::with_id(id, raw).unwrap());
 
     // Without a timestamp, publish stamps the current time.
     let before = now_millis();
@@ -321,4 +346,48 @@ fn now_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970");
     u64::try_from(since_epoch.as_millis()).expect("millis fit u64")
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_once_key_is_stored_and_published_once() {
+    let server = RedisServer::start().await;
+    let mut messages = subscribe(&server.url(), &["user_5"]).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(publisher::wire::PUBLISH_SCRIPT);
+    let payload = br#"{"type":"info","message":"once"}"#.to_vec();
+    let call = || {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(user(5).history_key())
+            .key("publish:once:test-token")
+            .arg(user(5).channel())
+            .arg(payload.clone())
+            .arg(1000)
+            .arg(0);
+        invocation
+    };
+    let (first, receivers): (String, usize) = call().invoke_async(&mut conn).await.unwrap();
+    assert_eq!(receivers, 1);
+    let (again, receivers): (String, usize) = call().invoke_async(&mut conn).await.unwrap();
+    assert_eq!(
+        (again.as_str(), receivers),
+        (first.as_str(), 0),
+        "answered from the once key"
+    );
+    let stored: usize = redis::cmd("XLEN")
+        .arg(user(5).history_key())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    // Published once: the next message on the channel is a different notification.
+    next_message(&mut messages).await;
+    let publisher = Publisher::connect(&server.url()).unwrap();
+    publisher
+        .publish(user(5), Notification::new(Level::Info, "next"))
+        .await
+        .unwrap();
+    let (_, next) = next_message(&mut messages).await;
+    assert!(String::from_utf8_lossy(&next).contains("\"next\""));
 }

@@ -8,9 +8,13 @@
 //! - [`WsClient`]: a browser stand-in that reads JSON text frames and close codes.
 //! - [`RawSocket`]: a WebSocket peer that completes the handshake and then misbehaves
 //!   (never reads, never answers pings).
-//! - [`Pki`], [`JwtKeys`] and [`jwt`]: certificates for TLS Redis and keys and tokens for
-//!   authentication tests, made with the openssl CLI at test time.
+//! - [`JwtKeys`] and [`jwt`]: keys (made with the openssl CLI at test time) and tokens for
+//!   authentication tests.
 //! - [`rss_kib`], [`open_fds`]: what a process holds, for leak checks.
+//! - [`proxy`]: a real nginx in front of the replicas, TLS certificates made at test time,
+//!   `wss://` clients.
+
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,7 +40,7 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port on 127.0.0.1")
 }
 
-fn require_program(name: &str, package: &str) -> PathBuf {
+pub fn require_program(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -90,8 +94,10 @@ pub struct RedisOptions {
     pub password: Option<String>,
     /// Extra ACL rules, one `--user` argument each (`"gw on >pw &user_* +@pubsub"`).
     pub acl_users: Vec<String>,
-    /// Serve TLS only (no plain port), with this PKI's server certificate.
-    pub tls: Option<Arc<Pki>>,
+    /// Serve TLS only (no plain port), with this CA's server certificate.
+    pub tls: Option<Arc<proxy::TestCa>>,
+    /// Append-only file, fsynced on every command, so a restart keeps what was acknowledged.
+    pub persistent: bool,
 }
 
 pub struct RedisServer {
@@ -107,7 +113,16 @@ impl RedisServer {
         Self::start_with(RedisOptions::default())
     }
 
-    /// Starts one with a password, ACL users or TLS.
+    /// Starts a redis-server that writes every command to its append-only file before
+    /// answering, so a restart keeps everything acknowledged.
+    pub fn start_persistent() -> Self {
+        Self::start_with(RedisOptions {
+            persistent: true,
+            ..RedisOptions::default()
+        })
+    }
+
+    /// Starts one with a password, ACL users, TLS or persistence.
     pub fn start_with(options: RedisOptions) -> Self {
         let mut server = RedisServer {
             port: free_port(),
@@ -154,11 +169,11 @@ impl RedisServer {
                     "no",
                 ])
                 .arg("--tls-cert-file")
-                .arg(&pki.server_cert)
+                .arg(pki.dir().join("tls.crt"))
                 .arg("--tls-key-file")
-                .arg(&pki.server_key)
+                .arg(pki.dir().join("tls.key"))
                 .arg("--tls-ca-cert-file")
-                .arg(&pki.ca_cert),
+                .arg(pki.ca_pem()),
         };
         if let Some(password) = &self.options.password {
             command.args(["--requirepass", password]);
@@ -166,8 +181,10 @@ impl RedisServer {
         for rules in &self.options.acl_users {
             command.arg("--user").args(rules.split_whitespace());
         }
+        let appendonly = if self.options.persistent { "yes" } else { "no" };
         let child = command
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir.0)
             .stdout(Stdio::null())
@@ -200,7 +217,7 @@ impl RedisServer {
                 self.url(),
                 redis::TlsCertificates {
                     client_tls: None,
-                    root_cert: Some(std::fs::read(&pki.ca_cert).expect("reading the test CA")),
+                    root_cert: Some(std::fs::read(pki.ca_pem()).expect("reading the test CA")),
                 },
             )
             .expect("redis TLS client"),
@@ -239,11 +256,29 @@ impl RedisServer {
 
     /// Client connections open on the server, not counting the one asking.
     pub fn clients(&self) -> usize {
+        self.client_list().len() - 1
+    }
+
+    /// Connections subscribed to at least one channel.
+    pub fn subscriber_connections(&self) -> usize {
+        self.client_list()
+            .iter()
+            .filter(|line| {
+                line.split(' ')
+                    .any(|field| field.strip_prefix("sub=").is_some_and(|n| n != "0"))
+            })
+            .count()
+    }
+
+    fn client_list(&self) -> Vec<String> {
         let list: String = redis::cmd("CLIENT")
             .arg("LIST")
             .query(&mut self.connection())
             .expect("CLIENT LIST");
-        list.lines().filter(|l| !l.trim().is_empty()).count() - 1
+        list.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// PUBLISH of raw bytes; returns the receiver count.
@@ -260,6 +295,81 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// a TCP proxy that can stall a connection without closing it
+
+/// Forwards loopback TCP connections to `target`; any connection can be stalled (the proxy
+/// stops reading from the server side, so nothing reaches the client, yet every socket stays
+/// open) and resumed. A silently broken link, as a half-dead network path leaves it.
+pub struct StallProxy {
+    pub port: u16,
+    stalled: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl StallProxy {
+    pub fn start(target_port: u16) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+        let port = listener.local_addr().unwrap().port();
+        let stalled: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let registry = stalled.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                registry.lock().unwrap().push(flag.clone());
+                let (client_r, server_w) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump(client_r, server_w, None));
+                std::thread::spawn(move || pump(server, client, Some(flag)));
+            }
+        });
+        StallProxy { port, stalled }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stalls (or resumes) the server-to-client direction of the `n`th connection accepted.
+    pub fn set_stalled(&self, n: usize, stalled: bool) {
+        let flags = self.stalled.lock().unwrap();
+        let flag = flags
+            .get(n)
+            .unwrap_or_else(|| panic!("only {} connections so far", flags.len()));
+        flag.store(stalled, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    stall: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        while stall
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -320,7 +430,7 @@ impl Gateway {
             // authentication override it.
             .env("GW__AUTH__MODE", "none");
         if let Some(pki) = redis.and_then(|r| r.options.tls.as_ref()) {
-            command.env("GW__REDIS__CA_FILE", &pki.ca_cert);
+            command.env("GW__REDIS__CA_FILE", pki.ca_pem());
         }
         for (key, value) in settings {
             command.env(key, value);
@@ -553,6 +663,30 @@ impl WsClient {
         }
     }
 
+    /// The next JSON text frame, or how the socket ended if it ends first.
+    pub async fn next_json_or_close(&mut self) -> Result<Value, Closed> {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("neither a frame nor a close within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(Some(close)))) => {
+                    return Err(Closed::Code(u16::from(close.code)))
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Err(Closed::Code(u16::from(CloseCode::Status)))
+                }
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(_)) | None => return Err(Closed::Abrupt),
+            }
+        }
+    }
+
     /// Reads until the socket closes; panics if a text frame arrives first.
     pub async fn closed(&mut self) -> Closed {
         loop {
@@ -569,6 +703,18 @@ impl WsClient {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(other)) => panic!("expected the socket to close, got {other:?}"),
                 Some(Err(_)) | None => return Closed::Abrupt,
+            }
+        }
+    }
+
+    /// The next JSON text frame, or `None` once the socket ended (closed, broken, or
+    /// silent for the deadline).
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(DEADLINE, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return serde_json::from_str(&text).ok(),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                _ => return None,
             }
         }
     }
@@ -731,83 +877,6 @@ fn openssl(args: &[&str], dir: &Path) {
         "openssl {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// A throw-away CA and a server certificate for 127.0.0.1 signed by it.
-pub struct Pki {
-    pub ca_cert: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    _dir: TempDir,
-}
-
-impl Pki {
-    pub fn generate() -> Arc<Self> {
-        let dir = TempDir::new("pki");
-        let p256 = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ];
-        let mut ca = vec![
-            "req",
-            "-x509",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=gateway e2e test CA",
-        ];
-        ca.extend(p256);
-        ca.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(&ca, &dir.0);
-        let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
-        csr.extend(p256);
-        csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
-        openssl(&csr, &dir.0);
-        std::fs::write(
-            dir.0.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "server.pem",
-            ],
-            &dir.0,
-        );
-        Arc::new(Pki {
-            ca_cert: dir.0.join("ca.pem"),
-            server_cert: dir.0.join("server.pem"),
-            server_key: dir.0.join("server.key"),
-            _dir: dir,
-        })
-    }
 }
 
 /// RSA (2048) and P-256 key pairs for RS256/ES256 tokens: PKCS#8 private keys, SPKI public.

@@ -174,6 +174,31 @@ impl Gate {
         user: UserId,
     ) -> Result<Admission, AuthError> {
         self.origins.check(parts.origin)?;
+        self.check_token(parts, user)
+    }
+
+    /// May this HTTP API request read `user`'s data (`GET /api/notifications/{user}`)? The
+    /// token alone: browsers send no Origin on same-origin GETs, and a bearer token, unlike a
+    /// cookie, is never attached by the browser on its own, so another site's page cannot
+    /// make a request that carries it.
+    pub fn authenticate(&self, req: &HttpRequest, user: UserId) -> Result<Admission, AuthError> {
+        let headers = req.headers();
+        self.check_token(
+            RequestParts {
+                query: req.query_string(),
+                origin: None,
+                protocols: std::iter::empty(),
+                authorization: headers.get_all(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            },
+            user,
+        )
+    }
+
+    fn check_token<'a>(
+        &self,
+        parts: RequestParts<'a, impl Iterator<Item = &'a [u8]>, impl Iterator<Item = &'a [u8]>>,
+        user: UserId,
+    ) -> Result<Admission, AuthError> {
         let Some(jwt) = &self.jwt else {
             return Ok(Admission { close_at: None });
         };

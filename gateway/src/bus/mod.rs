@@ -15,7 +15,10 @@ pub mod redis;
 use std::future::Future;
 use std::pin::Pin;
 
-use publisher::wire::UserId;
+use publisher::wire::{StreamId, UserId};
+
+use crate::history::Replay;
+use crate::hub::Frame;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -37,6 +40,23 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends an already-serialised notification to every node holding `user`. Returns how
     /// many nodes received it.
     fn publish(&self, user: UserId, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>>;
+
+    /// What a client that last saw `after` must be sent to be caught up: at most `limit`
+    /// notifications, oldest first, and the missed frame when some may be gone.
+    fn replay_after(
+        &self,
+        user: UserId,
+        after: StreamId,
+        limit: usize,
+    ) -> BoxFuture<Result<Replay, BusError>>;
+
+    /// Up to `limit` retained notifications older than `before` (all when `None`), newest first.
+    fn history_page(
+        &self,
+        user: UserId,
+        before: Option<StreamId>,
+        limit: usize,
+    ) -> BoxFuture<Result<Vec<Frame>, BusError>>;
 
     /// Whether notifications published now would reach this node.
     fn is_ready(&self) -> bool;

@@ -1,5 +1,6 @@
 //! HTTP surface: routes, shared state, and the one place errors become HTTP responses.
 
+mod history;
 pub mod limits;
 mod publish;
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse, ResponseError};
-use publisher::wire::InvalidUserId;
+use publisher::wire::{InvalidStreamId, InvalidUserId};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -38,7 +39,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/api/publish", web::post().to(publish::publish));
+        .route("/api/publish", web::post().to(publish::publish))
+        .route(
+            "/api/notifications/{user_id}",
+            web::get().to(history::notifications),
+        );
 }
 
 /// The process is alive and serving HTTP.
@@ -75,6 +80,8 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 pub enum ApiError {
     #[error("{0}")]
     InvalidUserId(InvalidUserId),
+    #[error("last_id: {0}")]
+    InvalidLastId(InvalidStreamId),
     #[error("not a WebSocket upgrade request: {0}")]
     NotWebSocket(String),
     #[error("this node is shutting down, retry")]
@@ -101,6 +108,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidUserId(_) => "invalid_user_id",
+            ApiError::InvalidLastId(_) => "invalid_last_id",
             ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::TooManyConnections => "too_many_connections",
@@ -127,9 +135,10 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::InvalidUserId(_) | ApiError::NotWebSocket(_) | ApiError::InvalidBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::InvalidUserId(_)
+            | ApiError::InvalidLastId(_)
+            | ApiError::NotWebSocket(_)
+            | ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Auth(e) if e.is_forbidden() => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,

@@ -14,11 +14,18 @@ pub use session::SessionLimits;
 use std::sync::atomic::Ordering::Relaxed;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use publisher::wire::UserId;
+use publisher::wire::{StreamId, UserId};
 
 use crate::auth::BEARER_PROTOCOL;
 use crate::config::ms;
 use crate::http::{ApiError, AppState};
+
+/// Query parameters of the upgrade request.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct UpgradeQuery {
+    /// The id of the last notification the client received: it is replayed everything after.
+    pub last_id: Option<String>,
+}
 
 pub async fn upgrade(
     req: HttpRequest,
@@ -33,6 +40,15 @@ pub async fn upgrade(
     let user: UserId = user_id
         .parse()
         .map_err(|e| refused(ApiError::InvalidUserId(e)))?;
+    let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
+        .unwrap_or_else(|_| web::Query(UpgradeQuery::default()));
+    let resume_after: Option<StreamId> = match query.last_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => Some(
+            id.parse()
+                .map_err(|e| refused(ApiError::InvalidLastId(e)))?,
+        ),
+        None => None,
+    };
     if *state.shutdown.borrow() {
         return Err(refused(ApiError::ShuttingDown));
     }
@@ -80,6 +96,7 @@ pub async fn upgrade(
         session,
         stream,
         registration,
+        resume_after,
         state.get_ref().clone(),
         admission.close_at,
     ));

@@ -11,9 +11,11 @@ use futures_util::StreamExt;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 
 use super::CloseCode;
-use crate::config::{ms, WsSettings};
+use crate::config::{ms, HistorySettings, WsSettings};
+use crate::history::{self, Replay};
 use crate::http::AppState;
-use crate::hub::Registration;
+use crate::hub::{Registration, SocketId};
+use publisher::wire::{StreamId, UserId};
 
 /// Upper bound for sending the close frame, so a dead peer cannot hold the task.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -23,14 +25,18 @@ pub struct SessionLimits {
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub replay_limit: usize,
+    pub history_timeout: Duration,
 }
 
-impl From<&WsSettings> for SessionLimits {
-    fn from(ws: &WsSettings) -> Self {
+impl SessionLimits {
+    pub fn new(ws: &WsSettings, history: &HistorySettings) -> Self {
         SessionLimits {
             ping_interval: ms(ws.ping_interval_ms),
             idle_timeout: ms(ws.idle_timeout_ms),
             write_timeout: ms(ws.write_timeout_ms),
+            replay_limit: history.replay_limit,
+            history_timeout: ms(history.read_timeout_ms),
         }
     }
 }
@@ -47,6 +53,7 @@ pub async fn run(
     mut session: Session,
     mut stream: AggregatedMessageStream,
     registration: Registration,
+    resume_after: Option<StreamId>,
     state: AppState,
     token_expiry: Option<Instant>,
 ) {
@@ -65,13 +72,61 @@ pub async fn run(
     let expired = tokio::time::sleep_until(token_expiry.unwrap_or_else(Instant::now));
     tokio::pin!(expired);
 
+    // Resume: replay what the client missed before anything live. Live frames queue up in
+    // the outbox meanwhile; those the replay already covered are skipped below by id.
+    let mut replayed_up_to = None;
+    if let Some(after) = resume_after {
+        let replay = match timeout(
+            limits.history_timeout,
+            state.bus.replay_after(user, after, limits.replay_limit),
+        )
+        .await
+        {
+            Ok(Ok(replay)) => replay,
+            Ok(Err(error)) => {
+                tracing::warn!(%user, %error, "history unavailable for resume");
+                Replay {
+                    missed: Some(history::missed_frame(after, after)),
+                    entries: Vec::new(),
+                }
+            }
+            Err(_) => {
+                tracing::warn!(%user, "history read timed out for resume");
+                Replay {
+                    missed: Some(history::missed_frame(after, after)),
+                    entries: Vec::new(),
+                }
+            }
+        };
+        replayed_up_to = replay.last_id();
+        for frame in replay.missed.into_iter().chain(replay.entries) {
+            if timeout(limits.write_timeout, session.text(frame.text))
+                .await
+                .is_err()
+            {
+                state
+                    .metrics
+                    .dropped(crate::metrics::DropCause::SlowClient, 1);
+                let _ = timeout(
+                    CLOSE_TIMEOUT,
+                    session.close(Some(CloseCode::SlowConsumer.reason())),
+                )
+                .await;
+                drop(stream);
+                finish(&state, user, socket);
+                return;
+            }
+        }
+    }
+
     let end = loop {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
             _ = &mut expired, if token_expiry.is_some() => break End::Close(CloseCode::TokenExpired),
             frame = outbox.recv() => match frame {
-                Some(frame) => match timeout(limits.write_timeout, session.text(frame)).await {
+                Some(frame) if frame.id.is_some() && frame.id <= replayed_up_to => {}
+                Some(frame) => match timeout(limits.write_timeout, session.text(frame.text)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_closed)) => break End::Gone,
                     Err(_elapsed) => {
@@ -120,13 +175,18 @@ pub async fn run(
     }
     // Dropping the session and stream ends the response body, which closes the connection.
     drop(stream);
+    finish(&state, user, socket);
+}
+
+/// Takes the socket out of the hub; the user's subscription goes after the linger period.
+fn finish(state: &AppState, user: UserId, socket: SocketId) {
     if state.hub.unregister(user, socket) {
-        release_later(state, user);
+        release_later(state.clone(), user);
     }
 }
 
 /// Drops the user's subscription after the linger period, unless a socket came back.
-fn release_later(state: AppState, user: publisher::wire::UserId) {
+fn release_later(state: AppState, user: UserId) {
     let linger = ms(state.settings.ws.unsubscribe_linger_ms);
     actix_web::rt::spawn(async move {
         tokio::time::sleep(linger).await;

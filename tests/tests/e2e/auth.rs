@@ -329,3 +329,52 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     // A client prepending a loopback address does not become local.
     assert_eq!(publish(&behind_nginx, Some("127.0.0.1, 203.0.113.5")), 401);
 }
+
+#[test]
+fn the_history_api_needs_the_users_token_too() {
+    let gateway = Gateway::start(None, &jwt::HS256_SETTINGS);
+    let (status, _) = e2e::http_post_json(
+        gateway.addr,
+        "/api/publish",
+        &[],
+        r#"{"user":13,"type":"info","message":"your booking is confirmed"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let get = |target: &str, authorization: Option<&str>| {
+        let header = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\n{header}Connection: close\r\n\r\n",
+            gateway.addr
+        );
+        let (status, body) = e2e::http_request(gateway.addr, &request).unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let own = jwt::access(13);
+    let (status, body) = get("/api/notifications/13", None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token_missing"))
+    );
+    let (status, body) = get(
+        "/api/notifications/13",
+        Some(&format!("Bearer {}", jwt::access(14))),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("token_for_another_user"))
+    );
+    let (status, body) = get("/api/notifications/13", Some(&format!("Bearer {own}")));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["notifications"][0]["message"],
+        "your booking is confirmed"
+    );
+    let (status, _) = get(&format!("/api/notifications/13?token={own}&limit=5"), None);
+    assert_eq!(status, 200);
+}

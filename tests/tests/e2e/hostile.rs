@@ -86,6 +86,15 @@ fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// What is tried, the token in the query, extra headers, the expected status and error code.
+type TokenCase = (
+    &'static str,
+    Option<String>,
+    Vec<(&'static str, String)>,
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn every_malformed_token_class_is_refused() {
     let gateway = Gateway::start(None, &jwt::HS256_SETTINGS);
@@ -106,7 +115,7 @@ async fn every_malformed_token_class_is_refused() {
     let huge = "a".repeat(10_000);
 
     // (what, token in the query, extra headers, status, error code)
-    let cases: Vec<(&str, Option<String>, Vec<(&str, String)>, u16, &str)> = vec![
+    let cases: Vec<TokenCase> = vec![
         ("no token", None, vec![], 401, "token_missing"),
         (
             "empty token",

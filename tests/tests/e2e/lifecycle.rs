@@ -48,3 +48,22 @@ fn an_invalid_setting_stops_start_up_naming_the_key() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("redis.url"));
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let gateway = Gateway::start(None, &[("GW__LOG__FORMAT", "json")]);
+    let client = WsClient::connect(&gateway.ws_url("90")).await;
+    client.close().await;
+    let log = gateway.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(log.contains(r#""message":"socket open""#), "{log}");
+}

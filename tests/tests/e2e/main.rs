@@ -2,11 +2,17 @@
 //! One binary, one module per behaviour a user relies on.
 
 mod auth;
+mod cross_language;
 mod delivery;
+mod deploy;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod metrics;
+mod nginx;
+mod readiness;
 mod redis_security;
+mod resume;
 mod socket_limits;
 mod subscriptions;
 
@@ -21,7 +27,7 @@ pub fn publisher(redis: &e2e::RedisServer) -> Publisher {
         None => Publisher::connect(&redis.url()),
         Some(pki) => Publisher::with_tls_ca(
             &redis.url(),
-            &std::fs::read(&pki.ca_cert).expect("reading the test CA"),
+            &std::fs::read(pki.ca_pem()).expect("reading the test CA"),
             Default::default(),
         ),
     }

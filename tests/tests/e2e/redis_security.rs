@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use e2e::{Gateway, Pki, RedisOptions, RedisServer, WsClient};
+use e2e::proxy::TestCa;
+use e2e::{Gateway, RedisOptions, RedisServer, WsClient};
 use publisher::{ErrorKind, Publisher};
 
 use crate::{numbered, publisher, user};
@@ -72,7 +73,7 @@ async fn a_least_privilege_acl_user_is_enough() {
 
 #[tokio::test]
 async fn redis_over_tls_with_a_private_ca() {
-    let pki = Pki::generate();
+    let pki = Arc::new(TestCa::generate());
     let redis = RedisServer::start_with(RedisOptions {
         password: Some("tls-and-a-password".into()),
         tls: Some(pki.clone()),
@@ -101,14 +102,15 @@ async fn redis_over_tls_with_a_private_ca() {
     assert_eq!(client.next_json().await["message"], "over TLS");
 
     // A certificate from a CA the client does not trust is refused by both.
-    let stranger: Arc<Pki> = Pki::generate();
-    let ca_file = stranger.ca_cert.to_str().unwrap();
+    let stranger = TestCa::generate();
+    let ca_file = stranger.ca_pem();
+    let ca_file = ca_file.to_str().unwrap();
     let untrusting = Gateway::spawn(Some(&redis), &[("GW__REDIS__CA_FILE", ca_file)]);
     untrusting.wait_log("redis connect failed");
     untrusting.wait_for_readiness(503);
     let err = Publisher::with_tls_ca(
         &redis.url(),
-        &std::fs::read(&stranger.ca_cert).unwrap(),
+        &std::fs::read(stranger.ca_pem()).unwrap(),
         Default::default(),
     )
     .unwrap()

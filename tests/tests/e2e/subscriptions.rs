@@ -39,13 +39,28 @@ async fn subscriptions_are_counted_per_node_not_per_socket() {
     );
     assert_eq!(redis.numsub("user_12"), 1);
     assert_eq!(
-        redis.clients(),
+        redis.subscriber_connections(),
         2,
-        "one subscriber connection per node, none per socket"
+        "each node subscribes on one connection"
     );
 
     let on_b = WsClient::connect(&b.ws_url("11")).await;
     assert_eq!(redis.numsub("user_11"), 2, "one per node holding the user");
+    assert_eq!(
+        redis.subscriber_connections(),
+        2,
+        "one subscriber connection per node"
+    );
+
+    // Sockets cost no Redis connection: forty more leave the count unchanged.
+    let connections = redis.clients();
+    let mut more = Vec::new();
+    for id in 100..140 {
+        more.push(WsClient::connect(&a.ws_url(&id.to_string())).await);
+    }
+    assert_eq!(redis.clients(), connections, "no connection per socket");
+    assert_eq!(redis.subscriber_connections(), 2);
+    futures_util::future::join_all(more.into_iter().map(WsClient::close)).await;
 
     s1.close().await;
     s2.close().await;
@@ -63,7 +78,6 @@ async fn subscriptions_are_counted_per_node_not_per_socket() {
     other.close().await;
     wait_numsub(&redis, "user_11", 0);
     wait_numsub(&redis, "user_12", 0);
-    assert_eq!(redis.clients(), 2, "the nodes keep their one connection");
 }
 
 #[tokio::test]
