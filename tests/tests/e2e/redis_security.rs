@@ -42,10 +42,18 @@ async fn a_password_protected_redis_is_reached_with_the_password_in_the_url() {
     assert_eq!(err.kind(), ErrorKind::RedisUnavailable, "{err}");
 }
 
+/// The least-privilege Redis user for gateways and publishers, as docs/SECURITY.md gives it.
+const ACL_RULES: &str = "gateway on >gw-acl-pw resetchannels &user_* &gateway_canary:* \
+    resetkeys ~history:user_* ~publish:once:* -@all +@connection +ping +unwatch +subscribe \
+    +unsubscribe +publish +evalsha +eval +script|load +get +set +exists +time +xadd +xtrim \
+    +pexpire +xrange +xrevrange +xinfo|stream";
+
 #[tokio::test]
 async fn a_least_privilege_acl_user_is_enough() {
-    // Pub/sub on user_* channels, connection commands, and UNWATCH (the pool's health check).
-    let rules = "gateway on >gw-acl-pw resetchannels &user_* -@all +@pubsub +@connection +unwatch";
+    // The ACL of docs/SECURITY.md: user channels and the readiness canary's, the history
+    // streams and publish-once keys, and only the commands the gateway and its Lua scripts
+    // run (plus UNWATCH, the connection pool's health check).
+    let rules = ACL_RULES;
     let redis = RedisServer::start_with(RedisOptions {
         password: Some("admin-pw".into()),
         acl_users: vec![rules.into()],
@@ -68,7 +76,24 @@ async fn a_least_privilege_acl_user_is_enough() {
         acl_publisher.publish(user(52), numbered(3)).await.unwrap(),
         1
     );
-    assert_eq!(client.next_json().await["message"], "note 3");
+    let first = client.next_json().await;
+    assert_eq!(first["message"], "note 3");
+    // History reads work under it too: a resume replays, the inbox API pages.
+    let first_id = first["id"].as_str().expect("notifications carry their id");
+    let (status, _) = e2e::http_post_json(
+        gateway.addr,
+        "/api/publish",
+        &[],
+        r#"{"user":52,"type":"info","message":"missed"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let mut resumed =
+        WsClient::connect(&format!("{}?last_id={first_id}", gateway.ws_url("52"))).await;
+    assert_eq!(resumed.next_json().await["message"], "missed");
+    let (status, body) = e2e::http_get(gateway.addr, "/api/notifications/52").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("missed"), "{body}");
 }
 
 #[tokio::test]
