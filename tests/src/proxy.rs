@@ -194,6 +194,11 @@ impl Nginx {
         nginx
     }
 
+    /// The access log, when the configuration writes it to `logs/access.log` in the prefix.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("logs/access.log")).unwrap_or_default()
+    }
+
     /// nginx's error log and stderr so far (config errors, upstream failures).
     pub fn log(&self) -> String {
         ["logs/error.log", "logs/stderr.log"]

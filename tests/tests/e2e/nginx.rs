@@ -52,6 +52,12 @@ pub fn render_nginx_conf(
         "a replica the test does not know"
     );
     conf = substitute(&conf, "listen 443 ssl;", &format!("listen {https} ssl;"), 1);
+    conf = substitute(
+        &conf,
+        "access_log /dev/stdout no_query;",
+        &format!("access_log {}/logs/access.log no_query;", prefix.display()),
+        1,
+    );
     conf = substitute(&conf, "listen 80;", &format!("listen {http};"), 1);
     conf = substitute(
         &conf,
@@ -289,4 +295,25 @@ async fn nginx_proxies_publish_redirects_http_and_hides_per_replica_endpoints() 
     // Plain HTTP is redirected to HTTPS.
     let (status, _) = e2e::http_get(topology.http, "/ws/notifications/42/").unwrap();
     assert_eq!(status, 301);
+}
+
+#[tokio::test]
+async fn nginx_logs_requests_without_their_query_string() {
+    let topology = Topology::start();
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjo0M30.c2lnbmF0dXJlLW5vdC1pbi10aGUtbG9n";
+    let url = format!("{}?token={token}", topology.wss_url(43, None));
+    let client = WsClient::try_connect_tls(&url, topology.tls.clone())
+        .await
+        .unwrap_or_else(|e| panic!("wss connect through nginx: {e}\n{}", topology.nginx.log()));
+    client.close().await;
+    let deadline = Instant::now() + DEADLINE;
+    let log = loop {
+        let log = topology.nginx.access_log();
+        if log.contains("/ws/notifications/43/") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no access log line:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!log.contains(token) && !log.contains("token="), "{log}");
 }
