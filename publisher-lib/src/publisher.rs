@@ -164,6 +164,11 @@ impl Publisher {
     /// Like [`Publisher::with_options`], for a `rediss://` URL whose server certificate is
     /// signed by a private CA: `ca_pem` holds that CA's certificate(s) in PEM and is trusted
     /// instead of the system's roots. The server's name (or IP) must match its certificate.
+    ///
+    /// TLS is rustls with its aws-lc-rs provider. An application that also compiles rustls's
+    /// `ring` provider (through another crate) must install a process default first, e.g.
+    /// `rustls::crypto::aws_lc_rs::default_provider().install_default()`: with two providers
+    /// and no default, redis-rs cannot build its TLS configuration.
     pub fn with_tls_ca(
         url: &str,
         ca_pem: &[u8],
