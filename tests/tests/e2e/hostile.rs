@@ -35,6 +35,12 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, Value) {
 }
 
 fn read_response(stream: &mut TcpStream) -> (u16, Value) {
+    let (status, _head, body) = read_response_with_head(stream);
+    (status, body)
+}
+
+/// The status, the lowercased head and the JSON body of one response.
+fn read_response_with_head(stream: &mut TcpStream) -> (u16, String, Value) {
     let mut data = Vec::new();
     let mut buf = [0u8; 4096];
     let head_end = loop {
@@ -42,7 +48,7 @@ fn read_response(stream: &mut TcpStream) -> (u16, Value) {
             break i + 4;
         }
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return (0, Value::Null),
+            Ok(0) | Err(_) => return (0, String::new(), Value::Null),
             Ok(n) => data.extend_from_slice(&buf[..n]),
         }
     };
@@ -64,7 +70,33 @@ fn read_response(stream: &mut TcpStream) -> (u16, Value) {
         }
     }
     let body = &data[head_end..data.len().min(head_end + length)];
-    (status, serde_json::from_slice(body).unwrap_or(Value::Null))
+    (
+        status,
+        head,
+        serde_json::from_slice(body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_full_node_refuses_with_503_and_retry_after() {
+    let gateway = Gateway::start(None, &[("GW__SERVER__MAX_CONNECTIONS", "2")]);
+    let addr = gateway.addr;
+    let _a = WsClient::connect(&gateway.ws_url("1")).await;
+    let _b = WsClient::connect(&gateway.ws_url("2")).await;
+    let (status, head, body) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream
+            .write_all(&upgrade(addr, "/ws/notifications/3/", &[]))
+            .unwrap();
+        read_response_with_head(&mut stream)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("retry-after: 5"), "{head}");
+    assert_eq!(body["error"], "too_many_connections");
+    assert_eq!(gateway.metric("gateway_sockets_open"), 2);
 }
 
 /// A masked client frame (mask key zero, so the payload goes unchanged).
