@@ -453,6 +453,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_key() {
+        let readme = include_str!("../../README.md");
+        let mut section = "";
+        for line in DEFAULT_TOML.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+            } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#'))
+            {
+                let key = format!("`{section}.{key}`");
+                assert!(
+                    readme.contains(&key),
+                    "README.md's configuration table lacks {key}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn defaults_are_valid_and_single_node() {
         let s = Settings::defaults();
         assert_eq!(s.redis_url(), None);

@@ -286,6 +286,11 @@ async fn nginx_proxies_publish_redirects_http_and_hides_per_replica_endpoints() 
     assert_eq!(status, 400, "a body error is the gateway's 400: {answer}");
     assert!(answer.contains("invalid_body"), "{answer}");
 
+    // The inbox is served through the proxy too, newest first.
+    let (status, inbox) = topology.curl(&[], "/api/notifications/42?limit=1");
+    assert_eq!(status, 200, "{inbox}");
+    assert!(inbox.contains("via nginx"), "{inbox}");
+
     // Per-replica endpoints are not served through the load balancer.
     for path in ["/metrics", "/readyz", "/healthz"] {
         assert_eq!(topology.curl(&[], path).0, 404, "{path}");
