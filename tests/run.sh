@@ -1,27 +1,58 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests of every crate and the end-to-end tests against real
-# redis-server and gateway processes. Installs what the tests need when it can (Debian, as root)
-# and otherwise says exactly what to install.
+# redis-server, nginx and gateway processes, plus the checks of the deploy files. Installs what
+# the tests need when it can (Debian packages as root, Python packages with pip) and otherwise
+# says exactly what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # program -> Debian package that provides it
-needed=(redis-server:redis-server)
+needed=(
+  redis-server:redis-server
+  nginx:nginx
+  openssl:openssl
+  curl:curl
+  python3:python3
+  systemd-analyze:systemd
+  unshare:util-linux
+)
 missing=()
 for entry in "${needed[@]}"; do
   program=${entry%%:*} package=${entry#*:}
   command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("$package")
 done
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+  missing+=(python3-pip)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Installing nginx must not start it as a system service on ports 80/443: the tests run
+    # their own nginx. policy-rc.d answering 101 tells the package scripts not to start it.
+    remove_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod 0755 /usr/sbin/policy-rc.d
+      remove_policy=1
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$remove_policy" ] || rm -f /usr/sbin/policy-rc.d
   else
     echo "missing programs; install them with: sudo apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
+fi
+
+# Python packages for the cross-language test (redis-py runs the README snippet) and the
+# deploy checks (YAML parsing, Compose schema, Kubernetes schemas). Pinned so CI is repeatable.
+python_packages=(redis==8.1.0 PyYAML==6.0.3 jsonschema==4.26.0 kubernetes-validate==1.37.0)
+if ! python3 -c "import redis, yaml, jsonschema, kubernetes_validate" 2>/dev/null; then
+  echo "installing Python packages: ${python_packages[*]}"
+  # Debian's own python3 refuses pip installs outside a venv (PEP 668) unless told otherwise.
+  python3 -m pip install --quiet --disable-pip-version-check "${python_packages[@]}" 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${python_packages[@]}"
 fi
 
 cargo test --workspace --locked "$@"

@@ -20,6 +20,8 @@ pub struct Settings {
     pub ws: WsSettings,
     pub history: HistorySettings,
     pub publish: PublishSettings,
+    pub auth: AuthSettings,
+    pub origin: OriginSettings,
     pub log: LogSettings,
 }
 
@@ -31,6 +33,11 @@ pub struct ServerSettings {
     pub drain_timeout_ms: u64,
     pub max_connections: usize,
     pub backlog: u32,
+    pub max_sockets_per_user: usize,
+    pub handshake_timeout_ms: u64,
+    pub max_url_bytes: usize,
+    pub max_header_bytes: usize,
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +52,7 @@ pub struct RedisSettings {
     pub canary_timeout_ms: u64,
     pub max_payload_bytes: usize,
     pub publish_pool_size: usize,
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,6 +80,59 @@ pub struct HistorySettings {
 #[serde(deny_unknown_fields)]
 pub struct PublishSettings {
     pub api_keys: Vec<String>,
+}
+
+/// Who may open a user's socket; see `[auth]` in `config.default.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMode {
+    /// Not configured: `None` in single-node mode, refused in scaled-out mode.
+    #[serde(rename = "")]
+    Unset,
+    #[serde(rename = "none")]
+    None,
+    #[serde(rename = "jwt")]
+    Jwt,
+}
+
+/// The one JWT algorithm accepted; pinned here, never taken from a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// A configuration value that must never reach a log: `Debug` prints `***`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    pub algorithm: JwtAlgorithm,
+    pub hs256_secret: Secret,
+    pub hs256_secret_file: String,
+    pub public_key_file: String,
+    pub user_claim: String,
+    pub token_type: String,
+    pub audience: String,
+    pub issuer: String,
+    pub expiry_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginSettings {
+    pub allowed: Vec<String>,
+    pub allow_missing: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -127,7 +188,9 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("publish.api_keys");
+            .with_list_parse_key("publish.api_keys")
+            .with_list_parse_key("origin.allowed")
+            .with_list_parse_key("server.trusted_proxies");
         let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
@@ -224,6 +287,128 @@ impl Settings {
                 "every key must be at least 16 characters",
             ));
         }
+        self.validate_security()
+    }
+
+    /// `[auth]`, `[origin]`, the connection limits of `[server]` and `redis.ca_file`.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        let server = &self.server;
+        if server.max_sockets_per_user == 0 {
+            return Err(invalid("server.max_sockets_per_user", "must be at least 1"));
+        }
+        if server.handshake_timeout_ms == 0 {
+            return Err(invalid(
+                "server.handshake_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if server.max_url_bytes < 64 {
+            return Err(invalid("server.max_url_bytes", "must be at least 64"));
+        }
+        if server.max_header_bytes < 1024 {
+            return Err(invalid("server.max_header_bytes", "must be at least 1024"));
+        }
+        for proxy in &server.trusted_proxies {
+            crate::auth::IpNet::parse(proxy)
+                .map_err(|problem| invalid("server.trusted_proxies", problem))?;
+        }
+        for origin in &self.origin.allowed {
+            crate::auth::OriginPattern::parse(origin)
+                .map_err(|problem| invalid("origin.allowed", problem))?;
+        }
+
+        let ca_file = self.redis.ca_file.trim();
+        if !ca_file.is_empty() {
+            if !self.redis.url.trim().starts_with("rediss://") {
+                return Err(invalid(
+                    "redis.ca_file",
+                    "is only used with a rediss:// (TLS) redis.url",
+                ));
+            }
+            if !Path::new(ca_file).is_file() {
+                return Err(invalid(
+                    "redis.ca_file",
+                    format!("{ca_file:?} is not a readable file"),
+                ));
+            }
+        }
+
+        let auth = &self.auth;
+        match auth.mode {
+            AuthMode::Unset if self.redis_url().is_some() => {
+                return Err(invalid(
+                    "auth.mode",
+                    "must be set when redis.url is set (scaled-out mode): \"jwt\" to verify \
+                     tokens, or \"none\" to let anyone open any user's socket",
+                ))
+            }
+            AuthMode::Unset | AuthMode::None => return Ok(()),
+            AuthMode::Jwt => {}
+        }
+        if auth.user_claim.trim().is_empty() {
+            return Err(invalid("auth.user_claim", "must name a claim"));
+        }
+        let secret = &auth.hs256_secret.0;
+        let secret_file = auth.hs256_secret_file.trim();
+        let key_file = auth.public_key_file.trim();
+        match auth.algorithm {
+            JwtAlgorithm::HS256 => {
+                if !key_file.is_empty() {
+                    return Err(invalid(
+                        "auth.public_key_file",
+                        "is for RS256/ES256; auth.algorithm is HS256",
+                    ));
+                }
+                match (secret.is_empty(), secret_file.is_empty()) {
+                    (true, true) => return Err(invalid(
+                        "auth.hs256_secret",
+                        "auth.algorithm HS256 needs auth.hs256_secret or auth.hs256_secret_file",
+                    )),
+                    (false, false) => {
+                        return Err(invalid(
+                            "auth.hs256_secret",
+                            "set auth.hs256_secret or auth.hs256_secret_file, not both",
+                        ))
+                    }
+                    (false, true) => check_hs256_secret(secret)
+                        .map_err(|problem| invalid("auth.hs256_secret", problem))?,
+                    (true, false) => {
+                        if !Path::new(secret_file).is_file() {
+                            return Err(invalid(
+                                "auth.hs256_secret_file",
+                                format!("{secret_file:?} is not a readable file"),
+                            ));
+                        }
+                    }
+                }
+            }
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if !secret.is_empty() || !secret_file.is_empty() {
+                    return Err(invalid(
+                        "auth.hs256_secret",
+                        "is for HS256; RS256/ES256 verify with auth.public_key_file",
+                    ));
+                }
+                if key_file.is_empty() {
+                    return Err(invalid(
+                        "auth.public_key_file",
+                        "auth.algorithm RS256/ES256 needs the PEM public key file",
+                    ));
+                }
+                if !Path::new(key_file).is_file() {
+                    return Err(invalid(
+                        "auth.public_key_file",
+                        format!("{key_file:?} is not a readable file"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -231,6 +416,26 @@ impl Settings {
     pub fn redis_url(&self) -> Option<&str> {
         Some(self.redis.url.trim()).filter(|u| !u.is_empty())
     }
+}
+
+/// Why an HS256 secret is unusable; shared by `auth.hs256_secret` and the file variant.
+pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < 32 {
+        return Err(format!(
+            "must be at least 32 characters (256 bits) long, got {}",
+            secret.len()
+        ));
+    }
+    // The environment parser turns numeric-looking values into numbers, which can change
+    // them (`1e40`, lost digits); a secret that still looks like a number may be mangled.
+    if secret.parse::<f64>().is_ok() {
+        return Err(
+            "looks like a number, which the configuration parser may have altered; use a \
+             secret with letters, or auth.hs256_secret_file"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Milliseconds from configuration as a [`Duration`].
@@ -255,6 +460,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_key() {
+        let readme = include_str!("../../README.md");
+        let mut section = "";
+        for line in DEFAULT_TOML.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name;
+            } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#'))
+            {
+                let key = format!("`{section}.{key}`");
+                assert!(
+                    readme.contains(&key),
+                    "README.md's configuration table lacks {key}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn defaults_are_valid_and_single_node() {
         let s = Settings::defaults();
         assert_eq!(s.redis_url(), None);
@@ -268,6 +491,7 @@ mod tests {
     fn environment_overrides_multi_word_keys() {
         let s = with_env(&[
             ("GW__REDIS__URL", "redis://127.0.0.1:7000"),
+            ("GW__AUTH__MODE", "none"),
             ("GW__WS__MAX_FRAME_BYTES", "2048"),
             ("GW__PUBLISH__API_KEYS", "aaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbb"),
         ])
@@ -295,5 +519,97 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("typo_key"), "{err}");
+    }
+
+    #[test]
+    fn scaled_out_mode_refuses_to_start_without_an_auth_setting() {
+        let err = with_env(&[("GW__REDIS__URL", "redis://127.0.0.1:7000")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.mode"), "{err}");
+        assert_eq!(
+            Settings::defaults().auth.mode,
+            AuthMode::Unset,
+            "single node: none"
+        );
+        let err = with_env(&[("GW__AUTH__MODE", "open")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mode"), "{err}");
+    }
+
+    #[test]
+    fn jwt_settings_are_checked_naming_the_key() {
+        let secret = "a-secret-of-at-least-32-characters-long";
+        let ok = with_env(&[
+            ("GW__AUTH__MODE", "jwt"),
+            ("GW__AUTH__HS256_SECRET", secret),
+            (
+                "GW__ORIGIN__ALLOWED",
+                "https://a.example.com,https://*.b.example.com",
+            ),
+            ("GW__SERVER__TRUSTED_PROXIES", "127.0.0.1,10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert_eq!(ok.auth.hs256_secret.0, secret);
+        assert_eq!(ok.origin.allowed.len(), 2);
+        assert_eq!(ok.server.trusted_proxies.len(), 2);
+        assert!(
+            !format!("{ok:?}").contains(secret),
+            "Debug hides the secret"
+        );
+
+        for (vars, key) in [
+            (vec![("GW__AUTH__MODE", "jwt")], "auth.hs256_secret"),
+            (
+                vec![
+                    ("GW__AUTH__MODE", "jwt"),
+                    ("GW__AUTH__HS256_SECRET", "short"),
+                ],
+                "auth.hs256_secret",
+            ),
+            (
+                vec![
+                    ("GW__AUTH__MODE", "jwt"),
+                    (
+                        "GW__AUTH__HS256_SECRET",
+                        "12345678901234567890123456789012345",
+                    ),
+                ],
+                "auth.hs256_secret",
+            ),
+            (
+                vec![("GW__AUTH__MODE", "jwt"), ("GW__AUTH__ALGORITHM", "RS256")],
+                "auth.public_key_file",
+            ),
+            (
+                vec![
+                    ("GW__AUTH__MODE", "jwt"),
+                    ("GW__AUTH__ALGORITHM", "ES256"),
+                    ("GW__AUTH__PUBLIC_KEY_FILE", "/nonexistent.pem"),
+                ],
+                "auth.public_key_file",
+            ),
+            (vec![("GW__AUTH__ALGORITHM", "none")], "algorithm"),
+            (
+                vec![("GW__ORIGIN__ALLOWED", "example.com")],
+                "origin.allowed",
+            ),
+            (
+                vec![("GW__SERVER__TRUSTED_PROXIES", "10.0.0.0/40")],
+                "server.trusted_proxies",
+            ),
+            (
+                vec![("GW__SERVER__MAX_SOCKETS_PER_USER", "0")],
+                "server.max_sockets_per_user",
+            ),
+            (
+                vec![("GW__REDIS__CA_FILE", "/etc/hostname")],
+                "redis.ca_file",
+            ),
+        ] {
+            let err = with_env(&vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
     }
 }

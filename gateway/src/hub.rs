@@ -91,29 +91,35 @@ impl Hub {
     /// Adds a socket for `user`. Returns its registration and whether the user is new to this
     /// node (the bus must then subscribe).
     pub fn register(&self, user: UserId) -> (Registration, bool) {
-        let socket = self.next_socket.fetch_add(1, Relaxed);
-        let (tx, outbox) = mpsc::channel(self.queue_capacity);
+        self.try_register(user, usize::MAX)
+            .expect("no limit to exceed")
+    }
+
+    /// Like [`Hub::register`], unless `user` already has `max_sockets` sockets here: `None`.
+    pub fn try_register(&self, user: UserId, max_sockets: usize) -> Option<(Registration, bool)> {
         let mut shard = self.shard(user);
         let first = !shard.contains_key(&user);
-        shard
-            .entry(user)
-            .or_default()
-            .sockets
-            .push(Outbox { socket, tx });
+        let entry = shard.entry(user).or_default();
+        if entry.sockets.len() >= max_sockets {
+            return None;
+        }
+        let socket = self.next_socket.fetch_add(1, Relaxed);
+        let (tx, outbox) = mpsc::channel(self.queue_capacity);
+        entry.sockets.push(Outbox { socket, tx });
         drop(shard);
         if first {
             self.metrics.users.fetch_add(1, Relaxed);
         }
         self.metrics.sockets_open.fetch_add(1, Relaxed);
         self.metrics.sockets_opened_total.fetch_add(1, Relaxed);
-        (
+        Some((
             Registration {
                 user,
                 socket,
                 outbox,
             },
             first,
-        )
+        ))
     }
 
     /// Removes a socket (it may already be gone if fan-out evicted it). Returns true when the
@@ -284,6 +290,24 @@ mod tests {
         assert!(hub.unregister(user(1), b.socket));
         assert!(hub.release_if_idle(user(1)));
         assert!(!hub.wants(user(1)));
+    }
+
+    #[test]
+    fn a_user_at_the_socket_limit_gets_no_more() {
+        let hub = hub(4);
+        let (a, _) = hub.try_register(user(1), 2).unwrap();
+        let (_b, _) = hub.try_register(user(1), 2).unwrap();
+        assert!(hub.try_register(user(1), 2).is_none());
+        assert!(
+            hub.try_register(user(2), 2).is_some(),
+            "other users are not affected"
+        );
+        hub.unregister(user(1), a.socket);
+        assert!(
+            hub.try_register(user(1), 2).is_some(),
+            "a freed slot can be reused"
+        );
+        assert_eq!(hub.metrics.sockets_open.load(Relaxed), 3);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!                                                                              WebSocket
 //! ```
 //!
+//! - [`auth`]: who may open which socket (origin, JWT), checked before the upgrade.
 //! - [`config`]: layered settings (defaults < file < `GW__*` environment), validated.
 //! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out) or
 //!   [`bus::memory`] (single node), behind one trait.
@@ -22,6 +23,7 @@
 //! [`run`] wires them together; `main.rs` only parses arguments, loads the configuration and
 //! installs logging.
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod history;
@@ -35,7 +37,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
@@ -55,6 +57,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // redis-rs builds its TLS client with rustls's process-wide default provider, which rustls
+    // picks by itself only when exactly one is compiled in: name it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let gate = auth::Gate::from_settings(&settings)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    warn_about_open_doors(&settings, &gate);
+    let gate = Arc::new(gate);
     let settings = Arc::new(settings);
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(
@@ -99,6 +108,7 @@ pub async fn run(
         hub,
         bus,
         metrics,
+        gate,
         shutdown: stop_rx,
     };
     let drain = ms(settings.server.drain_timeout_ms);
@@ -110,8 +120,15 @@ pub async fn run(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .wrap(middleware::from_fn(http::limits::request_head))
             .configure(http::routes)
     })
+    // Slowloris: the whole request head within this time, or 408 and disconnect. actix-http
+    // times only a connection's first request, so a second request trickled on a kept-alive
+    // connection would never time out: one request per connection (WebSocket upgrades need
+    // no more).
+    .client_request_timeout(ms(settings.server.handshake_timeout_ms))
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
     .workers(workers)
     .disable_signals()
     // A client's EOF ends its connection at once (actix-extras#550: sockets otherwise linger
@@ -162,6 +179,27 @@ pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.bind(&address.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
+}
+
+/// Start-up warnings for settings that let anyone in.
+fn warn_about_open_doors(settings: &Settings, gate: &auth::Gate) {
+    if !gate.requires_token() {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED (auth.mode = {:?}): anyone who knows a user id can open \
+             /ws/notifications/<id>/ and read that user's notifications. Set auth.mode = \"jwt\" \
+             before exposing this gateway (docs/SECURITY.md)",
+            match settings.auth.mode {
+                config::AuthMode::None => "none",
+                _ => "unset",
+            }
+        );
+    }
+    if gate.requires_token() && !gate.checks_origin() {
+        tracing::warn!(
+            "origin.allowed is empty: pages of any site may open sockets (cross-site WebSocket \
+             hijacking); list your front-end origins there (docs/SECURITY.md)"
+        );
+    }
 }
 
 /// Runs the gateway on its own actix system until SIGTERM/SIGINT, then drains.

@@ -5,6 +5,8 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::auth::AuthError;
+
 /// Why a notification did not reach a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropCause {
@@ -47,6 +49,7 @@ pub struct Metrics {
     pub redis_reconnects_total: AtomicU64,
     pub redis_connected: AtomicU64,
     pub upgrades_refused_total: AtomicU64,
+    auth_refused: [AtomicU64; AuthError::CODES.len()],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     latency_count: AtomicU64,
     latency_sum_ms: AtomicU64,
@@ -59,6 +62,11 @@ impl Metrics {
 
     pub fn dropped_count(&self, cause: DropCause) -> u64 {
         self.dropped[cause as usize].load(Relaxed)
+    }
+
+    /// Counts an upgrade refused by the origin or token check.
+    pub fn auth_refused(&self, error: &AuthError) {
+        self.auth_refused[error.index()].fetch_add(1, Relaxed);
     }
 
     /// Records how long a notification took from its publisher's timestamp to our fan-out.
@@ -132,6 +140,15 @@ impl Metrics {
             "WebSocket upgrades refused (bad id, limits, shutdown).",
             self.upgrades_refused_total.load(Relaxed),
         );
+
+        let name = "gateway_auth_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Upgrades refused by the origin or token check, by reason.\n# TYPE {name} counter"
+        );
+        for (reason, count) in AuthError::CODES.iter().zip(&self.auth_refused) {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", count.load(Relaxed));
+        }
 
         let name = "gateway_messages_dropped_total";
         let _ = writeln!(

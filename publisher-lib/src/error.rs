@@ -46,7 +46,7 @@ pub enum PublishError {
     TooLarge { size: usize, max: usize },
 
     /// The Redis URL (or pool configuration) is unusable.
-    #[error("invalid Redis URL or settings ({0}): use redis://[user:password@]host[:port][/db]; rediss:// (TLS) needs a build with redis TLS support")]
+    #[error("invalid Redis URL or TLS settings ({0}): use redis://[user:password@]host[:port][/db], or rediss://... for TLS with a PEM CA certificate")]
     InvalidConfig(#[source] RedisError),
 
     /// Connecting to Redis failed or the connection broke.
@@ -65,6 +65,14 @@ pub enum PublishError {
     #[error("invalid publisher options: {0}")]
     InvalidOptions(&'static str),
 
+    /// Neither a free-form notification (`type` + `message`) nor a typed event was given.
+    #[error("incomplete notification: {0}")]
+    Incomplete(&'static str),
+
+    /// An event name and data that make no [`Event`](crate::Event).
+    #[error("{0}")]
+    InvalidEvent(#[from] crate::events::EventError),
+
     /// The overall deadline for one publish call passed.
     #[error("Redis did not answer within {0:?}: check Redis load and network latency, or raise PublisherOptions::timeout; the notification may or may not have been delivered")]
     Timeout(Duration),
@@ -78,7 +86,9 @@ impl PublishError {
             | PublishError::MalformedPayload { .. }
             | PublishError::Serialize(_)
             | PublishError::InvalidConfig(_)
-            | PublishError::InvalidOptions(_) => ErrorKind::InvalidInput,
+            | PublishError::InvalidOptions(_)
+            | PublishError::InvalidEvent(_)
+            | PublishError::Incomplete(_) => ErrorKind::InvalidInput,
             PublishError::TooLarge { .. } => ErrorKind::TooLarge,
             PublishError::RedisUnavailable { .. } | PublishError::RedisRejected(_) => {
                 ErrorKind::RedisUnavailable

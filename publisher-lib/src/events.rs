@@ -16,6 +16,11 @@
 //! let n = Event::BookingExpired { booking_id: 1881, slot: "B-07".into() }
 //!     .with_message("Time is up for B-07");
 //! assert_eq!(n.message, "Time is up for B-07");
+//!
+//! // From a name and a JSON object, as an HTTP body or a command line gives them:
+//! let data = serde_json::json!({"booking_id": 1881, "slot": "B-07"});
+//! let event = Event::from_name_and_data("booking.expired", data.as_object().unwrap()).unwrap();
+//! assert_eq!(event, Event::BookingExpired { booking_id: 1881, slot: "B-07".into() });
 //! ```
 
 use serde_json::{Map, Value};
@@ -236,6 +241,114 @@ impl Event {
             .collect()
     }
 
+    /// Every event name, in declaration order.
+    pub const NAMES: [&'static str; 10] = [
+        "booking.expiring_soon",
+        "booking.expired",
+        "booking.renewed",
+        "booking.renewal_failed",
+        "booking.slot_auto_expired",
+        "booking.declined",
+        "payment.cash_verified",
+        "booking.created",
+        "carwash.completed",
+        "employee.assigned",
+    ];
+
+    /// The event called `name` (one of [`Event::NAMES`]) with the fields in `data`, as
+    /// services in other languages send them through the HTTP endpoint or the `notify` CLI.
+    ///
+    /// Strict, so that a typo is an error instead of a notification with a missing field:
+    /// every field of the event must be present with its JSON type (ids are non-negative
+    /// integers, the rest strings; `booking.declined`'s `reason` may be absent or `null`) and
+    /// no other field may be given.
+    pub fn from_name_and_data(name: &str, data: &Map<String, Value>) -> Result<Event, EventError> {
+        let event = Self::NAMES
+            .iter()
+            .find(|known| **known == name)
+            .ok_or_else(|| EventError::UnknownEvent {
+                name: name.to_owned(),
+            })?;
+        let fields = |allowed| Fields::new(event, allowed, data);
+        Ok(match *event {
+            "booking.expiring_soon" => {
+                let f = fields(&["booking_id", "slot", "minutes_left"])?;
+                Event::BookingExpiringSoon {
+                    booking_id: f.id("booking_id")?,
+                    slot: f.text("slot")?,
+                    minutes_left: f.small_count("minutes_left")?,
+                }
+            }
+            "booking.expired" => {
+                let f = fields(&["booking_id", "slot"])?;
+                Event::BookingExpired {
+                    booking_id: f.id("booking_id")?,
+                    slot: f.text("slot")?,
+                }
+            }
+            "booking.renewed" => {
+                let f = fields(&["booking_id", "new_end"])?;
+                Event::BookingRenewed {
+                    booking_id: f.id("booking_id")?,
+                    new_end: f.text("new_end")?,
+                }
+            }
+            "booking.renewal_failed" => {
+                let f = fields(&["booking_id", "reason"])?;
+                Event::BookingRenewalFailed {
+                    booking_id: f.id("booking_id")?,
+                    reason: f.text("reason")?,
+                }
+            }
+            "booking.slot_auto_expired" => {
+                let f = fields(&["booking_id", "slot"])?;
+                Event::SlotAutoExpired {
+                    booking_id: f.id("booking_id")?,
+                    slot: f.text("slot")?,
+                }
+            }
+            "booking.declined" => {
+                let f = fields(&["booking_id", "reason"])?;
+                Event::BookingDeclined {
+                    booking_id: f.id("booking_id")?,
+                    reason: f.optional_text("reason")?,
+                }
+            }
+            "payment.cash_verified" => {
+                let f = fields(&["booking_id", "amount", "currency"])?;
+                Event::CashPaymentVerified {
+                    booking_id: f.id("booking_id")?,
+                    amount: f.text("amount")?,
+                    currency: f.text("currency")?,
+                }
+            }
+            "booking.created" => {
+                let f = fields(&["booking_id", "lot", "customer"])?;
+                Event::BookingCreated {
+                    booking_id: f.id("booking_id")?,
+                    lot: f.text("lot")?,
+                    customer: f.text("customer")?,
+                }
+            }
+            "carwash.completed" => {
+                let f = fields(&["booking_id", "service"])?;
+                Event::CarWashCompleted {
+                    booking_id: f.id("booking_id")?,
+                    service: f.text("service")?,
+                }
+            }
+            "employee.assigned" => {
+                let f = fields(&["employee_id", "employee_name", "lot"])?;
+                Event::EmployeeAssigned {
+                    employee_id: f.id("employee_id")?,
+                    employee_name: f.text("employee_name")?,
+                    lot: f.text("lot")?,
+                }
+            }
+            _ => unreachable!("every name in Event::NAMES has an arm"),
+        })
+    }
+
     /// The notification with the default English message.
     pub fn into_notification(self) -> Notification {
         let message = self.default_message();
@@ -247,6 +360,109 @@ impl Event {
         let mut notification = Notification::new(self.level(), message).with_event(self.name());
         notification.data = self.data();
         notification
+    }
+}
+
+/// Why an event name and its `data` do not make an [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// The name is none of [`Event::NAMES`].
+    #[error("unknown event {name:?}: known events are {}; for anything else send a free-form notification with \"type\" and \"message\"", Event::NAMES.join(", "))]
+    UnknownEvent { name: String },
+    /// A field the event needs is absent.
+    #[error("event {event} needs field `{field}` in data (fields: {})", expected_fields(.allowed))]
+    MissingField {
+        event: &'static str,
+        field: &'static str,
+        allowed: &'static [&'static str],
+    },
+    /// A field has the wrong JSON type or is out of range.
+    #[error("event {event}: data field `{field}` must be {expected}")]
+    InvalidField {
+        event: &'static str,
+        field: &'static str,
+        expected: &'static str,
+    },
+    /// `data` holds a field the event does not have (often a misspelling).
+    #[error("event {event} has no data field `{field}` (fields: {})", expected_fields(.allowed))]
+    UnknownField {
+        event: &'static str,
+        field: String,
+        allowed: &'static [&'static str],
+    },
+}
+
+fn expected_fields(allowed: &[&str]) -> String {
+    allowed.join(", ")
+}
+
+/// Reads one event's fields out of a `data` object, naming the event and field on failure.
+struct Fields<'a> {
+    event: &'static str,
+    data: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(
+        event: &'static str,
+        allowed: &'static [&'static str],
+        data: &'a Map<String, Value>,
+    ) -> Result<Self, EventError> {
+        if let Some(unknown) = data.keys().find(|key| !allowed.contains(&key.as_str())) {
+            return Err(EventError::UnknownField {
+                event,
+                field: unknown.clone(),
+                allowed,
+            });
+        }
+        for field in allowed {
+            // Only booking.declined has an optional field; it checks its own.
+            let optional = event == "booking.declined" && *field == "reason";
+            if !optional && !data.contains_key(*field) {
+                return Err(EventError::MissingField {
+                    event,
+                    field,
+                    allowed,
+                });
+            }
+        }
+        Ok(Fields { event, data })
+    }
+
+    fn invalid(&self, field: &'static str, expected: &'static str) -> EventError {
+        EventError::InvalidField {
+            event: self.event,
+            field,
+            expected,
+        }
+    }
+
+    fn id(&self, field: &'static str) -> Result<u64, EventError> {
+        self.data[field]
+            .as_u64()
+            .ok_or_else(|| self.invalid(field, "a non-negative integer (an id)"))
+    }
+
+    fn small_count(&self, field: &'static str) -> Result<u32, EventError> {
+        self.data[field]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| self.invalid(field, "a non-negative integer below 2^32"))
+    }
+
+    fn text(&self, field: &'static str) -> Result<String, EventError> {
+        self.data[field]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| self.invalid(field, "a string"))
+    }
+
+    fn optional_text(&self, field: &'static str) -> Result<Option<String>, EventError> {
+        match self.data.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.text(field).map(Some),
+        }
     }
 }
 
@@ -487,11 +703,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn protocol_doc_lists_every_event_with_its_level_and_fields() {
-        // docs/PROTOCOL.md is what non-Rust publishers read: keep its table in step.
-        let doc = include_str!("../../docs/PROTOCOL.md");
-        let samples = [
+    /// One of each event, with every optional field set.
+    fn samples() -> Vec<Event> {
+        vec![
             Event::BookingExpiringSoon {
                 booking_id: 1,
                 slot: "s".into(),
@@ -536,8 +750,14 @@ mod tests {
                 employee_name: "n".into(),
                 lot: "l".into(),
             },
-        ];
-        for event in samples {
+        ]
+    }
+
+    #[test]
+    fn protocol_doc_lists_every_event_with_its_level_and_fields() {
+        // docs/PROTOCOL.md is what non-Rust publishers read: keep its table in step.
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        for event in samples() {
             let prefix = format!("| `{}` | {} |", event.name(), event.level());
             let row = doc
                 .lines()
@@ -561,5 +781,98 @@ mod tests {
         });
         let text = String::from_utf8(n.to_payload(DEFAULT_MAX_PAYLOAD_BYTES).unwrap()).unwrap();
         assert!(text.contains("18446744073709551615"), "{text}");
+    }
+
+    #[test]
+    fn every_event_is_found_again_from_its_name_and_data() {
+        let events = samples();
+        assert_eq!(events.len(), Event::NAMES.len(), "one sample per event");
+        for (event, name) in events.into_iter().zip(Event::NAMES) {
+            assert_eq!(event.name(), name, "NAMES is in declaration order");
+            assert_eq!(
+                Event::from_name_and_data(name, &event.data()),
+                Ok(event.clone())
+            );
+        }
+        let without_reason = Event::BookingDeclined {
+            booking_id: 3,
+            reason: None,
+        };
+        let data = json!({"booking_id": 3, "reason": null});
+        assert_eq!(
+            Event::from_name_and_data("booking.declined", data.as_object().unwrap()),
+            Ok(without_reason.clone())
+        );
+        assert_eq!(
+            Event::from_name_and_data("booking.declined", &without_reason.data()),
+            Ok(without_reason)
+        );
+    }
+
+    #[test]
+    fn bad_names_and_data_are_typed_errors_that_say_what_to_send() {
+        let lookup = |name: &str, data: Value| {
+            Event::from_name_and_data(name, data.as_object().expect("object")).unwrap_err()
+        };
+        let err = lookup("booking.exploded", json!({}));
+        assert_eq!(
+            err,
+            EventError::UnknownEvent {
+                name: "booking.exploded".into()
+            }
+        );
+        assert!(err.to_string().contains("booking.expiring_soon"), "{err}");
+
+        let err = lookup("booking.expired", json!({"booking_id": 1}));
+        assert!(
+            matches!(err, EventError::MissingField { field: "slot", .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("booking_id, slot"), "{err}");
+
+        let err = lookup("booking.expired", json!({"bookingId": 1, "slot": "A"}));
+        assert!(
+            matches!(&err, EventError::UnknownField { field, .. } if field == "bookingId"),
+            "{err:?}"
+        );
+
+        for (data, field) in [
+            (json!({"booking_id": "1", "slot": "A"}), "booking_id"),
+            (json!({"booking_id": -1, "slot": "A"}), "booking_id"),
+            (json!({"booking_id": 1.5, "slot": "A"}), "booking_id"),
+            (json!({"booking_id": 1, "slot": 7}), "slot"),
+            (json!({"booking_id": 1, "slot": null}), "slot"),
+        ] {
+            let err = lookup("booking.expired", data.clone());
+            assert!(
+                matches!(err, EventError::InvalidField { field: f, .. } if f == field),
+                "{data}: {err:?}"
+            );
+        }
+        let err = lookup(
+            "booking.expiring_soon",
+            json!({"booking_id": 1, "slot": "A", "minutes_left": 1u64 << 40}),
+        );
+        assert!(
+            matches!(
+                err,
+                EventError::InvalidField {
+                    field: "minutes_left",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = lookup("booking.declined", json!({"booking_id": 1, "reason": 5}));
+        assert!(
+            matches!(
+                err,
+                EventError::InvalidField {
+                    field: "reason",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 }

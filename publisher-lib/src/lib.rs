@@ -30,7 +30,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`wire`] | the contract shared with the gateway: [`UserId`], [`Level`], channel names, [`wire::check_payload`] |
-//! | [`events`] | [`Event`], one typed variant per notification the parking app sends |
+//! | [`events`] | [`Event`], one typed variant per notification the parking app sends; [`Event::from_name_and_data`] for names and JSON from elsewhere |
 //! | `notification` | [`Notification`], the JSON envelope (free-form messages) |
 //! | `publisher` | [`Publisher`] and [`PublisherOptions`]: pooled, time-bounded PUBLISH |
 //! | `error` | [`PublishError`] and its coarse [`ErrorKind`] |
@@ -46,7 +46,7 @@ mod notification;
 mod publisher;
 
 pub use error::{ErrorKind, PublishError};
-pub use events::Event;
+pub use events::{Event, EventError};
 pub use notification::Notification;
 pub use publisher::{Publisher, PublisherOptions, Receipt};
 pub use wire::{Level, StreamId, UserId};

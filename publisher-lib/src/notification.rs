@@ -80,6 +80,51 @@ impl Notification {
         self.with_timestamp(now_millis())
     }
 
+    /// A notification from the loose fields a service in another language sends (the HTTP
+    /// publish endpoint and the `notify` CLI take these):
+    ///
+    /// - with `level`: a free-form notification; `message` is required, `event` and `data`
+    ///   are passed on as given;
+    /// - without `level`: `event` must name a typed [`Event`](crate::Event) and `data` carry
+    ///   its fields ([`Event::from_name_and_data`](crate::Event::from_name_and_data)); the
+    ///   event's level applies, and its default message unless `message` is given.
+    ///
+    /// ```
+    /// use publisher::{Level, Notification};
+    ///
+    /// let data = serde_json::json!({"booking_id": 7, "service": "Basic"});
+    /// let n = Notification::from_fields(None, None, Some("carwash.completed"), data.as_object().unwrap().clone()).unwrap();
+    /// assert_eq!((n.level, n.message.as_str()), (Level::Success, "Your car wash (Basic) is complete"));
+    /// ```
+    pub fn from_fields(
+        level: Option<Level>,
+        message: Option<String>,
+        event: Option<&str>,
+        data: Map<String, Value>,
+    ) -> Result<Notification, PublishError> {
+        match (level, event) {
+            (Some(level), _) => {
+                let message = message.ok_or(PublishError::Incomplete(
+                    "a notification with \"type\" needs a \"message\"",
+                ))?;
+                let mut notification = Notification::new(level, message);
+                notification.event = event.map(str::to_owned);
+                notification.data = data;
+                Ok(notification)
+            }
+            (None, Some(name)) => {
+                let event = crate::Event::from_name_and_data(name, &data)?;
+                Ok(match message {
+                    Some(message) => event.with_message(message),
+                    None => event.into_notification(),
+                })
+            }
+            (None, None) => Err(PublishError::Incomplete(
+                "give \"type\" (success|info|warning|error) and \"message\", or a typed \"event\" with its \"data\"",
+            )),
+        }
+    }
+
     /// Validates and serialises the notification to the bytes that go on the wire.
     ///
     /// Fails with [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the message
@@ -208,5 +253,48 @@ mod tests {
     #[test]
     fn now_is_after_2020() {
         assert!(now_millis() > 1_577_836_800_000);
+    }
+
+    #[test]
+    fn loose_fields_make_free_form_or_typed_notifications() {
+        let free = Notification::from_fields(
+            Some(Level::Info),
+            Some("hi".into()),
+            Some("custom.thing"),
+            json!({"any": [1]}).as_object().unwrap().clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            free,
+            Notification::new(Level::Info, "hi")
+                .with_event("custom.thing")
+                .with_data("any", json!([1]))
+        );
+
+        let data = json!({"booking_id": 1, "slot": "A-1"});
+        let typed = |message: Option<&str>| {
+            Notification::from_fields(
+                None,
+                message.map(str::to_owned),
+                Some("booking.expired"),
+                data.as_object().unwrap().clone(),
+            )
+        };
+        let n = typed(None).unwrap();
+        assert_eq!(n.level, Level::Info);
+        assert_eq!(n.message, "Your booking for slot A-1 has expired");
+        assert_eq!(typed(Some("Expirée")).unwrap().message, "Expirée");
+
+        let missing_message = Notification::from_fields(Some(Level::Info), None, None, Map::new());
+        assert!(matches!(missing_message, Err(PublishError::Incomplete(_))));
+        let nothing = Notification::from_fields(None, Some("x".into()), None, Map::new());
+        assert_eq!(nothing.unwrap_err().kind(), ErrorKind::InvalidInput);
+        let unknown = Notification::from_fields(None, None, Some("nope"), Map::new());
+        assert!(matches!(
+            unknown,
+            Err(PublishError::InvalidEvent(
+                crate::EventError::UnknownEvent { .. }
+            ))
+        ));
     }
 }

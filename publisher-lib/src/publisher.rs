@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use std::sync::LazyLock;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Pipeline, Script};
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, Pipeline, Script,
+    TlsCertificates,
+};
 use deadpool_redis::{Manager, Pool, Runtime};
 use tokio::time::Instant;
 
@@ -18,6 +21,8 @@ static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(wire::PUB
 
 /// First pause before retrying a connection error; doubles on each further retry.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+const CERTIFICATE_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 /// How a [`Publisher`] talks to Redis.
 ///
@@ -91,6 +96,20 @@ impl PublisherOptions {
     }
 }
 
+/// A key unique to one publish call, so that the script can recognise a retry of it.
+fn once_key() -> String {
+    static SEED: LazyLock<u64> = LazyLock::new(|| {
+        // RandomState is seeded from the OS: distinct per process without a rand dependency.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    });
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("publish:once:{:016x}{n:x}", *SEED)
+}
+
 /// What Redis answered to one publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
@@ -108,8 +127,8 @@ pub struct Receipt {
 ///
 /// Every notification is appended to the user's history stream and published in one atomic
 /// script, so a browser that reconnects with the last id it saw is replayed what it missed.
-/// A connection that breaks after the script was sent is retried, so that rare case may store
-/// and deliver a notification twice (with two ids); clients cannot tell it from two publishes.
+/// A connection that breaks after the script was sent is retried with the same one-time key,
+/// which the script recognises: a retry never stores or delivers a notification twice.
 #[derive(Clone)]
 pub struct Publisher {
     pool: Pool,
@@ -127,8 +146,9 @@ impl fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// A publisher for `url` (`redis://[user:password@]host[:port][/db]`, or `rediss://` once
-    /// the TLS feature is enabled) with default options.
+    /// A publisher for `url` with default options: `redis://[user:password@]host[:port][/db]`,
+    /// or `rediss://...` for TLS, verified against the system's trusted roots (for a private
+    /// CA see [`Publisher::with_tls_ca`]). A password or ACL user goes in the URL.
     ///
     /// Does not touch the network: connections open on first use. Call [`Publisher::ping`]
     /// at startup to fail fast on a wrong host or password.
@@ -138,12 +158,53 @@ impl Publisher {
 
     /// Like [`Publisher::connect`], with your options.
     pub fn with_options(url: &str, options: PublisherOptions) -> Result<Self, PublishError> {
+        Self::build(url, options)
+    }
+
+    /// Like [`Publisher::with_options`], for a `rediss://` URL whose server certificate is
+    /// signed by a private CA: `ca_pem` holds that CA's certificate(s) in PEM and is trusted
+    /// instead of the system's roots. The server's name (or IP) must match its certificate.
+    ///
+    /// TLS is rustls with its aws-lc-rs provider. An application that also compiles rustls's
+    /// `ring` provider (through another crate) must install a process default first, e.g.
+    /// `rustls::crypto::aws_lc_rs::default_provider().install_default()`: with two providers
+    /// and no default, redis-rs cannot build its TLS configuration.
+    pub fn with_tls_ca(
+        url: &str,
+        ca_pem: &[u8],
+        options: PublisherOptions,
+    ) -> Result<Self, PublishError> {
+        // redis-rs would take a PEM without certificates as an empty trust store, and every
+        // connection would then fail verification.
+        if !ca_pem
+            .windows(CERTIFICATE_MARKER.len())
+            .any(|w| w == CERTIFICATE_MARKER)
+        {
+            return Err(PublishError::InvalidConfig(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the CA PEM holds no certificate",
+            ))));
+        }
+        let certificates = TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem.to_vec()),
+        };
+        // Nothing touches the network here: every error is about the URL or the PEM.
+        let client = redis::Client::build_with_tls(url, certificates)
+            .map_err(PublishError::InvalidConfig)?;
+        Self::build(client.get_connection_info().clone(), options)
+    }
+
+    fn build(
+        target: impl IntoConnectionInfo,
+        options: PublisherOptions,
+    ) -> Result<Self, PublishError> {
         options.validate()?;
         // redis-rs would otherwise use its own 1 s connect / 500 ms reply defaults.
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.timeout))
             .set_response_timeout(Some(options.timeout));
-        let manager = Manager::new_with_config(url, connection)
+        let manager = Manager::new_with_config(target, connection)
             .map_err(|e| PublishError::from_redis(e, options.timeout))?;
         // deadpool waits forever by default; bound every step of a checkout too.
         let pool = Pool::builder(manager)
@@ -303,6 +364,7 @@ impl Publisher {
         let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
         invocation
             .key(user.history_key())
+            .key(once_key())
             .arg(user.channel())
             .arg(payload)
             .arg(self.options.history_max_len)
@@ -409,6 +471,15 @@ mod tests {
             "redis://h/notadb",
         ] {
             let err = Publisher::connect(url).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url:?}: {err}");
+        }
+        assert!(Publisher::connect("rediss://:pw@redis.example:6380").is_ok());
+        let options = PublisherOptions::default();
+        for (url, ca) in [
+            ("redis://localhost", &b"-----BEGIN CERTIFICATE-----"[..]),
+            ("rediss://localhost", b"not pem"),
+        ] {
+            let err = Publisher::with_tls_ca(url, ca, options).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url:?}: {err}");
         }
         let zero_pool = PublisherOptions {

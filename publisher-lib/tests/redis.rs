@@ -439,3 +439,47 @@ fn now_millis() -> u64 {
         .expect("clock after 1970");
     u64::try_from(since_epoch.as_millis()).expect("millis fit u64")
 }
+
+#[tokio::test]
+async fn a_retry_with_the_same_once_key_is_stored_and_published_once() {
+    let server = RedisServer::start().await;
+    let mut messages = subscribe(&server.url(), &["user_5"]).await;
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = redis::Script::new(publisher::wire::PUBLISH_SCRIPT);
+    let payload = br#"{"type":"info","message":"once"}"#.to_vec();
+    let call = || {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(user(5).history_key())
+            .key("publish:once:test-token")
+            .arg(user(5).channel())
+            .arg(payload.clone())
+            .arg(1000)
+            .arg(0);
+        invocation
+    };
+    let (first, receivers): (String, usize) = call().invoke_async(&mut conn).await.unwrap();
+    assert_eq!(receivers, 1);
+    let (again, receivers): (String, usize) = call().invoke_async(&mut conn).await.unwrap();
+    assert_eq!(
+        (again.as_str(), receivers),
+        (first.as_str(), 0),
+        "answered from the once key"
+    );
+    let stored: usize = redis::cmd("XLEN")
+        .arg(user(5).history_key())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    // Published once: the next message on the channel is a different notification.
+    next_message(&mut messages).await;
+    let publisher = Publisher::connect(&server.url()).unwrap();
+    publisher
+        .publish(user(5), Notification::new(Level::Info, "next"))
+        .await
+        .unwrap();
+    let (_, next) = next_message(&mut messages).await;
+    assert!(String::from_utf8_lossy(&next).contains("\"next\""));
+}

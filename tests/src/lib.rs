@@ -8,11 +8,19 @@
 //! - [`WsClient`]: a browser stand-in that reads JSON text frames and close codes.
 //! - [`RawSocket`]: a WebSocket peer that completes the handshake and then misbehaves
 //!   (never reads, never answers pings).
+//! - [`JwtKeys`] and [`jwt`]: keys (made with the openssl CLI at test time) and tokens for
+//!   authentication tests.
+//! - [`rss_kib`], [`open_fds`]: what a process holds, for leak checks.
+//! - [`proxy`]: a real nginx in front of the replicas, TLS certificates made at test time,
+//!   `wss://` clients.
+
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -32,7 +40,7 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port on 127.0.0.1")
 }
 
-fn require_program(name: &str, package: &str) -> PathBuf {
+pub fn require_program(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -79,52 +87,103 @@ fn signal(child: &Child, signal: i32) {
 // ---------------------------------------------------------------------------------------
 // redis-server
 
+/// How a test Redis is secured.
+#[derive(Clone, Default)]
+pub struct RedisOptions {
+    /// `requirepass`: the default user's password, put in [`RedisServer::url`].
+    pub password: Option<String>,
+    /// Extra ACL rules, one `--user` argument each (`"gw on >pw &user_* +@pubsub"`).
+    pub acl_users: Vec<String>,
+    /// Serve TLS only (no plain port), with this CA's server certificate.
+    pub tls: Option<Arc<proxy::TestCa>>,
+    /// Append-only file, fsynced on every command, so a restart keeps what was acknowledged.
+    pub persistent: bool,
+}
+
 pub struct RedisServer {
     pub port: u16,
+    pub options: RedisOptions,
     dir: TempDir,
-    persistent: bool,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a redis-server on a free port, without persistence.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(RedisOptions::default())
     }
 
     /// Starts a redis-server that writes every command to its append-only file before
     /// answering, so a restart keeps everything acknowledged.
     pub fn start_persistent() -> Self {
-        Self::start_with(true)
+        Self::start_with(RedisOptions {
+            persistent: true,
+            ..RedisOptions::default()
+        })
     }
 
-    fn start_with(persistent: bool) -> Self {
+    /// Starts one with a password, ACL users, TLS or persistence.
+    pub fn start_with(options: RedisOptions) -> Self {
         let mut server = RedisServer {
             port: free_port(),
+            options,
             dir: TempDir::new("redis"),
-            persistent,
             child: None,
         };
         server.spawn();
         server
     }
 
+    /// The URL clients use: `rediss://` with TLS, the password in it when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let credentials = match &self.options.password {
+            Some(password) => format!(":{password}@"),
+            None => String::new(),
+        };
+        self.url_with_credentials(&credentials)
+    }
+
+    /// The URL with other credentials: `"user:password@"`, or `""` for none.
+    pub fn url_with_credentials(&self, credentials: &str) -> String {
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{credentials}127.0.0.1:{}", self.port)
     }
 
     fn spawn(&mut self) {
         let program = require_program("redis-server", "redis-server");
-        let appendonly = if self.persistent { "yes" } else { "no" };
-        let child = Command::new(program)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+        let mut command = Command::new(program);
+        let port = self.port.to_string();
+        match &self.options.tls {
+            None => command.args(["--port", &port]),
+            Some(pki) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(pki.dir().join("tls.crt"))
+                .arg("--tls-key-file")
+                .arg(pki.dir().join("tls.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(pki.ca_pem()),
+        };
+        if let Some(password) = &self.options.password {
+            command.args(["--requirepass", password]);
+        }
+        for rules in &self.options.acl_users {
+            command.arg("--user").args(rules.split_whitespace());
+        }
+        let appendonly = if self.options.persistent { "yes" } else { "no" };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir.0)
@@ -152,7 +211,17 @@ impl RedisServer {
     }
 
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("redis url")
+        match &self.options.tls {
+            None => redis::Client::open(self.url()).expect("redis url"),
+            Some(pki) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(pki.ca_pem()).expect("reading the test CA")),
+                },
+            )
+            .expect("redis TLS client"),
+        }
     }
 
     /// A plain (blocking) connection for assertions and raw PUBLISHes.
@@ -362,7 +431,13 @@ impl Gateway {
             .env("GW__SERVER__WORKERS", "2")
             .env("GW__REDIS__URL", redis.map(|r| r.url()).unwrap_or_default())
             .env("GW__REDIS__RECONNECT_MAX_MS", "500")
-            .env("GW__REDIS__PING_INTERVAL_MS", "1000");
+            .env("GW__REDIS__PING_INTERVAL_MS", "1000")
+            // Explicit, as a scaled-out gateway refuses to start without it; tests of
+            // authentication override it.
+            .env("GW__AUTH__MODE", "none");
+        if let Some(pki) = redis.and_then(|r| r.options.tls.as_ref()) {
+            command.env("GW__REDIS__CA_FILE", pki.ca_pem());
+        }
         for (key, value) in settings {
             command.env(key, value);
         }
@@ -391,6 +466,19 @@ impl Gateway {
     /// The gateway's own log so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the gateway's log contains `text`.
+    pub fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "gateway never logged {text:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// Waits until `/readyz` answers 200.
@@ -581,6 +669,30 @@ impl WsClient {
         }
     }
 
+    /// The next JSON text frame, or how the socket ended if it ends first.
+    pub async fn next_json_or_close(&mut self) -> Result<Value, Closed> {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("neither a frame nor a close within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("frame is not JSON ({e}): {text}")))
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(Some(close)))) => {
+                    return Err(Closed::Code(u16::from(close.code)))
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Err(Closed::Code(u16::from(CloseCode::Status)))
+                }
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(_)) | None => return Err(Closed::Abrupt),
+            }
+        }
+    }
+
     /// Reads until the socket closes; panics if a text frame arrives first.
     pub async fn closed(&mut self) -> Closed {
         loop {
@@ -700,4 +812,262 @@ fn parse_close_code(mut data: &[u8]) -> Option<u16> {
         data = &data[header + len..];
     }
     None
+}
+
+/// A refused WebSocket handshake: the HTTP status and the JSON body.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl WsClient {
+    /// Connects with extra request headers. Returns the client and the subprotocol the
+    /// server selected, or the refusal. Panics on anything else (I/O errors, timeouts).
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Self, Option<String>), Refusal> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let mut request = url.into_client_request().expect("a ws:// URL");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        let connected = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap_or_else(|_| panic!("handshake with {url} timed out"));
+        match connected {
+            Ok((ws, response)) => {
+                let protocol = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                Ok((WsClient { ws }, protocol))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                Err(Refusal {
+                    status: response.status().as_u16(),
+                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                })
+            }
+            Err(other) => panic!("handshake with {url} failed: {other}"),
+        }
+    }
+
+    /// The refusal of a handshake that must fail.
+    pub async fn refused(url: &str, headers: &[(&str, &str)]) -> Refusal {
+        match Self::connect_with(url, headers).await {
+            Ok(_) => panic!("{url} with {headers:?} was accepted"),
+            Err(refusal) => refusal,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// certificates, keys, tokens
+
+fn openssl(args: &[&str], dir: &Path) {
+    let program = require_program("openssl", "openssl");
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// RSA (2048) and P-256 key pairs for RS256/ES256 tokens: PKCS#8 private keys, SPKI public.
+pub struct JwtKeys {
+    pub rsa_private: Vec<u8>,
+    pub rsa_public_file: PathBuf,
+    pub ec_private: Vec<u8>,
+    pub ec_public_file: PathBuf,
+    pub ec_private_file: PathBuf,
+    _dir: TempDir,
+}
+
+impl JwtKeys {
+    pub fn generate() -> Self {
+        let dir = TempDir::new("jwt-keys");
+        for (algorithm, option, name) in [
+            ("RSA", "rsa_keygen_bits:2048", "rsa"),
+            ("EC", "ec_paramgen_curve:P-256", "ec"),
+        ] {
+            let key = format!("{name}.key");
+            openssl(
+                &[
+                    "genpkey",
+                    "-algorithm",
+                    algorithm,
+                    "-pkeyopt",
+                    option,
+                    "-out",
+                    &key,
+                ],
+                &dir.0,
+            );
+            openssl(
+                &[
+                    "pkey",
+                    "-in",
+                    &key,
+                    "-pubout",
+                    "-out",
+                    &format!("{name}.pub"),
+                ],
+                &dir.0,
+            );
+        }
+        JwtKeys {
+            rsa_private: std::fs::read(dir.0.join("rsa.key")).unwrap(),
+            rsa_public_file: dir.0.join("rsa.pub"),
+            ec_private: std::fs::read(dir.0.join("ec.key")).unwrap(),
+            ec_public_file: dir.0.join("ec.pub"),
+            ec_private_file: dir.0.join("ec.key"),
+            _dir: dir,
+        }
+    }
+}
+
+/// Tokens as the Django backend (djangorestframework-simplejwt) issues them, and broken ones.
+pub mod jwt {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+
+    /// The backend's signing key in the tests (simplejwt's SIGNING_KEY).
+    pub const SECRET: &str = "django-insecure-e2e-signing-key-with-enough-length";
+
+    /// `GW__*` settings of a gateway that verifies [`SECRET`]-signed HS256 tokens.
+    pub const HS256_SETTINGS: [(&str, &str); 2] = [
+        ("GW__AUTH__MODE", "jwt"),
+        ("GW__AUTH__HS256_SECRET", SECRET),
+    ];
+
+    pub fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// An access token's claims, expiring `ttl_secs` from now (negative: in the past).
+    pub fn access_claims(user: u64, ttl_secs: i64) -> Value {
+        json!({
+            "token_type": "access",
+            "exp": now() + ttl_secs,
+            "iat": now(),
+            "jti": format!("{:032x}", now() as u128 * 7919 + u128::from(user)),
+            "user_id": user,
+        })
+    }
+
+    pub fn hs256(claims: &Value) -> String {
+        hs256_with(claims, SECRET)
+    }
+
+    pub fn hs256_with(claims: &Value, secret: &str) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// A simplejwt access token for `user`, valid five minutes.
+    pub fn access(user: u64) -> String {
+        hs256(&access_claims(user, 300))
+    }
+
+    pub fn rs256(claims: &Value, private_pem: &[u8]) -> String {
+        let key = EncodingKey::from_rsa_pem(private_pem).unwrap();
+        encode(&Header::new(Algorithm::RS256), claims, &key).unwrap()
+    }
+
+    pub fn es256(claims: &Value, private_pem: &[u8]) -> String {
+        let key = EncodingKey::from_ec_pem(private_pem).unwrap();
+        encode(&Header::new(Algorithm::ES256), claims, &key).unwrap()
+    }
+
+    /// HS-signed with `secret` bytes but any `alg` header: the key-confusion attack.
+    pub fn hmac_with_alg(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
+        let header = Header::new(alg);
+        let signing_alg = match alg {
+            Algorithm::HS384 => Algorithm::HS384,
+            Algorithm::HS512 => Algorithm::HS512,
+            _ => Algorithm::HS256,
+        };
+        let signed = encode(
+            &Header::new(signing_alg),
+            claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        if signing_alg == alg {
+            return signed;
+        }
+        // Re-sign the claims under the forged header with the same HMAC key.
+        let claims_part = signed.split('.').nth(1).unwrap();
+        let header_part = b64(serde_json::to_string(&header).unwrap().as_bytes());
+        let message = format!("{header_part}.{claims_part}");
+        let signature = jsonwebtoken::crypto::sign(
+            message.as_bytes(),
+            &EncodingKey::from_secret(secret),
+            signing_alg,
+        )
+        .unwrap();
+        format!("{message}.{signature}")
+    }
+
+    /// A token with a hand-written header and no signature (`alg: none` and friends).
+    pub fn unsigned(header_json: &str, claims: &Value) -> String {
+        format!(
+            "{}.{}.",
+            b64(header_json.as_bytes()),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    /// base64url without padding, as JWTs use.
+    pub fn b64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// process accounting
+
+/// Resident memory of a process, KiB (VmRSS in /proc/<pid>/status).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// File descriptors a process holds open (sockets included).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/<pid>/fd")
+        .count()
 }

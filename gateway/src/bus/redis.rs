@@ -115,7 +115,6 @@ impl RedisBus {
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, BusError> {
-        let client = redis::Client::open(url).map_err(|e| BusError::Unavailable(e.to_string()))?;
         let options = PublisherOptions {
             pool_size: settings.publish_pool_size,
             max_payload_bytes: settings.max_payload_bytes,
@@ -123,8 +122,26 @@ impl RedisBus {
             history_max_age: ms(history.max_age_ms),
             ..PublisherOptions::default()
         };
-        let publisher = Publisher::with_options(url, options)
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let unusable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
+        let (client, publisher) = match settings.ca_file.trim() {
+            "" => (
+                redis::Client::open(url).map_err(|e| unusable(&e))?,
+                Publisher::with_options(url, options).map_err(|e| unusable(&e))?,
+            ),
+            path => {
+                let ca_pem = std::fs::read(path).map_err(|e| {
+                    unusable(&format!("configuration key `redis.ca_file`: {path:?}: {e}"))
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca_pem.clone()),
+                };
+                (
+                    redis::Client::build_with_tls(url, certificates).map_err(|e| unusable(&e))?,
+                    Publisher::with_tls_ca(url, &ca_pem, options).map_err(|e| unusable(&e))?,
+                )
+            }
+        };
         let reader = HistoryReader {
             pool: publisher.pool().clone(),
             timeout: ms(history.read_timeout_ms),

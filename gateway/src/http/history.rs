@@ -2,7 +2,9 @@
 //! newest first, for an inbox shown after the app was closed for hours.
 //!
 //! Answer: `{"notifications": [<notification with "id">...], "next_before": "<id>" | null}`;
-//! pass `next_before` as `before` to get the next (older) page.
+//! pass `next_before` as `before` to get the next (older) page. With `auth.mode = "jwt"` the
+//! request carries the user's token (`Authorization: Bearer <jwt>` or `?token=`), as the
+//! user's socket does.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use publisher::wire::{StreamId, UserId};
@@ -23,6 +25,11 @@ pub async fn notifications(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let user: UserId = user_id.parse().map_err(ApiError::InvalidUserId)?;
+    // The same token as the user's socket: nobody reads another user's notifications.
+    state.gate.authenticate(&req, user).map_err(|error| {
+        state.metrics.auth_refused(&error);
+        ApiError::Auth(error)
+    })?;
     let query = web::Query::<PageQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::InvalidBody(format!("query: {e}")))?;
     let before: Option<StreamId> = match query.before.as_deref().filter(|s| !s.is_empty()) {

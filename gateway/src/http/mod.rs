@@ -1,6 +1,7 @@
 //! HTTP surface: routes, shared state, and the one place errors become HTTP responses.
 
 mod history;
+pub mod limits;
 mod publish;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use publisher::wire::{InvalidStreamId, InvalidUserId};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::auth::{AuthError, Gate};
 use crate::bus::Bus;
 use crate::config::Settings;
 use crate::hub::Hub;
@@ -25,6 +27,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub bus: Arc<dyn Bus>,
     pub metrics: Arc<Metrics>,
+    /// Origin and token checks of WebSocket upgrades.
+    pub gate: Arc<Gate>,
     /// Turns true once when the node starts draining.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -85,6 +89,14 @@ pub enum ApiError {
     #[error("this node holds its maximum number of connections, retry later")]
     TooManyConnections,
     #[error("{0}")]
+    Auth(#[from] AuthError),
+    #[error("this user already holds the most sockets allowed on this node ({0}); close one")]
+    TooManySocketsForUser(usize),
+    #[error("request target longer than {0} bytes")]
+    UrlTooLong(usize),
+    #[error("request headers larger than {0} bytes in total")]
+    HeadersTooLarge(usize),
+    #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
     InvalidBody(String),
@@ -100,6 +112,10 @@ impl ApiError {
             ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::TooManyConnections => "too_many_connections",
+            ApiError::Auth(e) => e.code(),
+            ApiError::TooManySocketsForUser(_) => "too_many_sockets_for_user",
+            ApiError::UrlTooLong(_) => "url_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::BusUnavailable(_) => "bus_unavailable",
@@ -124,6 +140,11 @@ impl ResponseError for ApiError {
             | ApiError::NotWebSocket(_)
             | ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(e) if e.is_forbidden() => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooManySocketsForUser(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UrlTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::ShuttingDown | ApiError::TooManyConnections | ApiError::BusUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

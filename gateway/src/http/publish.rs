@@ -1,14 +1,19 @@
 //! `POST /api/publish`: publishing for services that would rather speak HTTP than Redis.
 //!
-//! Body: the notification object of `docs/PROTOCOL.md` plus `"user": N` or `"users": [N, ...]`.
-//! It goes through the same bus (and so the same Redis path as publisher-lib) as any other
-//! notification. Answer: `{"receivers": <nodes that received it, summed over users>}`.
+//! Body: `"user": N` or `"users": [N, ...]`, plus either
+//! - a free-form notification of `docs/PROTOCOL.md`: `"type"`, `"message"`, optional
+//!   `"event"`, `"data"`, `"timestamp"`; or
+//! - a typed event without `"type"`: `"event": "booking.expiring_soon", "data": {...}`, which
+//!   gets the event's level and default message (or `"message"` when given).
+//!
+//! The rule is publisher-lib's [`Notification::from_fields`], so the `notify` CLI behaves the
+//! same. It goes through the same bus (and so the same Redis path as publisher-lib) as any
+//! other notification. Answer: `{"receivers": <nodes that received it, summed over users>}`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use publisher::wire::UserId;
-use publisher::Notification;
-use serde::Deserialize;
-use serde_json::json;
+use publisher::{Level, Notification};
+use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState};
 use crate::bus::BusError;
@@ -16,14 +21,117 @@ use crate::bus::BusError;
 /// Users one request may address.
 const MAX_USERS_PER_REQUEST: usize = 1000;
 
-#[derive(Deserialize)]
+/// The body's fields; anything else is refused so a misspelt key is not silently ignored.
+const FIELDS: [&str; 7] = [
+    "user",
+    "users",
+    "type",
+    "message",
+    "event",
+    "data",
+    "timestamp",
+];
+
+/// What a publish request asks for, read field by field so every error names its field.
 struct PublishRequest {
-    #[serde(default)]
-    user: Option<u64>,
-    #[serde(default)]
-    users: Vec<u64>,
-    #[serde(flatten)]
+    users: Vec<UserId>,
     notification: Notification,
+}
+
+impl PublishRequest {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let invalid = |message: String| ApiError::InvalidBody(message);
+        let mut body = match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => return Err(invalid("the body must be a JSON object".into())),
+            Err(e) => return Err(invalid(format!("the body is not JSON: {e}"))),
+        };
+        if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(invalid(format!(
+                "unknown field \"{unknown}\" (fields: {})",
+                FIELDS.join(", ")
+            )));
+        }
+
+        let user_id = |value: &Value| {
+            value.as_u64().and_then(UserId::new).ok_or_else(|| {
+                invalid(format!(
+                    "user id {value} is not a positive integer up to {}",
+                    UserId::MAX
+                ))
+            })
+        };
+        let mut users = Vec::new();
+        if let Some(value) = body.get("user") {
+            users.push(user_id(value)?);
+        }
+        match body.get("users") {
+            None => {}
+            Some(Value::Array(ids)) if ids.len() <= MAX_USERS_PER_REQUEST => {
+                for id in ids {
+                    users.push(user_id(id)?);
+                }
+            }
+            Some(_) => {
+                return Err(invalid(format!(
+                    "\"users\" must be an array of at most {MAX_USERS_PER_REQUEST} user ids"
+                )))
+            }
+        }
+        if users.is_empty() || users.len() > MAX_USERS_PER_REQUEST {
+            return Err(invalid(format!(
+                "give \"user\" or \"users\" with 1 to {MAX_USERS_PER_REQUEST} ids"
+            )));
+        }
+
+        let mut text = |field: &'static str| match body.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(invalid(format!("\"{field}\" must be a string"))),
+        };
+        let level = text("type")?
+            .map(|name| {
+                serde_json::from_value::<Level>(Value::String(name.clone())).map_err(|_| {
+                    invalid(format!(
+                        "\"type\" {name:?} is none of success, info, warning, error"
+                    ))
+                })
+            })
+            .transpose()?;
+        let message = text("message")?;
+        let event = text("event")?;
+        let data = match body.remove("data") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(data)) => data,
+            Some(_) => return Err(invalid("\"data\" must be a JSON object".into())),
+        };
+        let timestamp = match body.remove("timestamp") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(
+                value
+                    .as_f64()
+                    .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                    .map(|ms| ms as u64)
+                    .ok_or_else(|| {
+                        invalid(
+                            "\"timestamp\" must be a non-negative number of milliseconds since the Unix epoch"
+                                .into(),
+                        )
+                    })?,
+            ),
+        };
+
+        let notification = Notification::from_fields(level, message, event.as_deref(), data)
+            .map_err(|e| invalid(e.to_string()))?;
+        let notification = match timestamp {
+            Some(ms) => notification.with_timestamp(ms),
+            None => notification.with_timestamp_now(),
+        };
+        Ok(PublishRequest {
+            users,
+            notification,
+        })
+    }
 }
 
 pub async fn publish(
@@ -31,28 +139,11 @@ pub async fn publish(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state.settings.publish.api_keys)?;
-    let request: PublishRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let mut users: Vec<UserId> = Vec::with_capacity(request.users.len() + 1);
-    for id in request.user.into_iter().chain(request.users) {
-        let user = UserId::new(id).ok_or_else(|| {
-            ApiError::InvalidBody(format!(
-                "user id {id} is not a positive integer up to {}",
-                UserId::MAX
-            ))
-        })?;
-        users.push(user);
-    }
-    if users.is_empty() || users.len() > MAX_USERS_PER_REQUEST {
-        return Err(ApiError::InvalidBody(format!(
-            "give \"user\" or \"users\" with 1 to {MAX_USERS_PER_REQUEST} ids"
-        )));
-    }
-    let mut notification = request.notification;
-    if notification.timestamp.is_none() {
-        notification = notification.with_timestamp_now();
-    }
+    authorize(&req, &state)?;
+    let PublishRequest {
+        users,
+        notification,
+    } = PublishRequest::parse(&body)?;
     let payload = notification
         .to_payload(state.settings.redis.max_payload_bytes)
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
@@ -72,11 +163,12 @@ pub async fn publish(
 }
 
 /// With API keys configured, one must be presented as a bearer token. Without any, only
-/// clients on this machine may publish (local development).
-fn authorize(req: &HttpRequest, keys: &[String]) -> Result<(), ApiError> {
+/// clients on this machine may publish (local development); a request relayed by a proxy on
+/// this machine is not local (see [`crate::auth::Gate::is_local`]).
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let keys = &state.settings.publish.api_keys;
     if keys.is_empty() {
-        let local = req.peer_addr().is_some_and(|peer| peer.ip().is_loopback());
-        return if local {
+        return if state.gate.is_local(req) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized(

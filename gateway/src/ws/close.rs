@@ -13,6 +13,9 @@ pub enum CloseCode {
     MessageTooBig,
     /// 1012: this node is shutting down; reconnect (the proxy picks another replica).
     ServiceRestart,
+    /// 4001: the token this socket was opened with expired (`exp` plus
+    /// `auth.expiry_grace_ms`). Fetch a new token and reconnect with it.
+    TokenExpired,
     /// 4000: nothing arrived from the client (not even a pong) within `ws.idle_timeout_ms`.
     IdleTimeout,
     /// 4008: the client did not read fast enough and its queue overflowed; notifications
@@ -28,6 +31,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => 1009,
             CloseCode::ServiceRestart => 1012,
             CloseCode::IdleTimeout => 4000,
+            CloseCode::TokenExpired => 4001,
             CloseCode::SlowConsumer => 4008,
         }
     }
@@ -39,6 +43,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => "frame too large",
             CloseCode::ServiceRestart => "server restarting, reconnect",
             CloseCode::IdleTimeout => "idle timeout",
+            CloseCode::TokenExpired => "token expired, fetch a new token and reconnect",
             CloseCode::SlowConsumer => "slow consumer, reconnect",
         }
     }
@@ -49,7 +54,9 @@ impl CloseCode {
             CloseCode::ProtocolError => WireCode::Protocol,
             CloseCode::MessageTooBig => WireCode::Size,
             CloseCode::ServiceRestart => WireCode::Restart,
-            CloseCode::IdleTimeout | CloseCode::SlowConsumer => WireCode::Other(self.code()),
+            CloseCode::IdleTimeout | CloseCode::TokenExpired | CloseCode::SlowConsumer => {
+                WireCode::Other(self.code())
+            }
         };
         CloseReason {
             code,
@@ -70,6 +77,7 @@ mod tests {
             CloseCode::MessageTooBig,
             CloseCode::ServiceRestart,
             CloseCode::IdleTimeout,
+            CloseCode::TokenExpired,
             CloseCode::SlowConsumer,
         ] {
             assert_eq!(u16::from(close.reason().code), close.code());

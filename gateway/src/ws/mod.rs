@@ -5,6 +5,7 @@
 //! its own task in [`session`].
 
 mod close;
+mod frame_guard;
 mod session;
 
 pub use close::CloseCode;
@@ -15,6 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix_web::{web, HttpRequest, HttpResponse};
 use publisher::wire::{StreamId, UserId};
 
+use crate::auth::BEARER_PROTOCOL;
 use crate::config::ms;
 use crate::http::{ApiError, AppState};
 
@@ -53,14 +55,33 @@ pub async fn upgrade(
     if state.metrics.sockets_open.load(Relaxed) >= state.settings.server.max_connections as u64 {
         return Err(refused(ApiError::TooManyConnections));
     }
+    // Origin and token, before anything is upgraded or registered.
+    let admission = state.gate.admit(&req, user).map_err(|error| {
+        state.metrics.auth_refused(&error);
+        // Never the token or the query string: only the fixed reason.
+        let client = state.gate.client_ip(&req);
+        tracing::debug!(%user, ?client, reason = error.code(), "upgrade refused");
+        refused(ApiError::Auth(error))
+    })?;
+    let max_frame = state.settings.ws.max_frame_bytes;
+    let body = frame_guard::guard(&req, body, max_frame)
+        .await
+        .map_err(|e| refused(ApiError::NotWebSocket(e.to_string())))?;
+    // A browser that offered the `bearer` subprotocol fails the connection unless the answer
+    // names it.
     let (response, session, stream) =
-        actix_ws::handle(&req, body).map_err(|e| refused(ApiError::NotWebSocket(e.to_string())))?;
+        actix_ws::handle_with_protocols(&req, body, &[BEARER_PROTOCOL])
+            .map_err(|e| refused(ApiError::NotWebSocket(e.to_string())))?;
     let stream = stream
-        .max_frame_size(state.settings.ws.max_frame_bytes)
+        .max_frame_size(max_frame)
         .aggregate_continuations()
-        .max_continuation_size(state.settings.ws.max_frame_bytes);
+        .max_continuation_size(max_frame);
 
-    let (registration, _first) = state.hub.register(user);
+    let max_sockets = state.settings.server.max_sockets_per_user;
+    let (registration, _first) = state
+        .hub
+        .try_register(user, max_sockets)
+        .ok_or_else(|| refused(ApiError::TooManySocketsForUser(max_sockets)))?;
     // Every socket waits for the subscription, not only the user's first: a second socket
     // that arrives while the first one's SUBSCRIBE is in flight must not miss anything either.
     let subscribed = state.bus.interest_changed(user);
@@ -77,6 +98,7 @@ pub async fn upgrade(
         registration,
         resume_after,
         state.get_ref().clone(),
+        admission.close_at,
     ));
     Ok(response)
 }

@@ -55,6 +55,7 @@ pub async fn run(
     registration: Registration,
     resume_after: Option<StreamId>,
     state: AppState,
+    token_expiry: Option<Instant>,
 ) {
     let Registration {
         user,
@@ -67,58 +68,28 @@ pub async fn run(
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // Armed only when the socket was opened with an expiring token.
+    let expired = tokio::time::sleep_until(token_expiry.unwrap_or_else(Instant::now));
+    tokio::pin!(expired);
 
     // Resume: replay what the client missed before anything live. Live frames queue up in
     // the outbox meanwhile; those the replay already covered are skipped below by id.
-    let mut replayed_up_to = None;
-    if let Some(after) = resume_after {
-        let replay = match timeout(
-            limits.history_timeout,
-            state.bus.replay_after(user, after, limits.replay_limit),
-        )
-        .await
-        {
-            Ok(Ok(replay)) => replay,
-            Ok(Err(error)) => {
-                tracing::warn!(%user, %error, "history unavailable for resume");
-                Replay {
-                    missed: Some(history::missed_frame(after, after)),
-                    entries: Vec::new(),
-                }
-            }
-            Err(_) => {
-                tracing::warn!(%user, "history read timed out for resume");
-                Replay {
-                    missed: Some(history::missed_frame(after, after)),
-                    entries: Vec::new(),
-                }
-            }
-        };
-        replayed_up_to = replay.last_id();
-        for frame in replay.missed.into_iter().chain(replay.entries) {
-            if timeout(limits.write_timeout, session.text(frame.text))
-                .await
-                .is_err()
-            {
-                state
-                    .metrics
-                    .dropped(crate::metrics::DropCause::SlowClient, 1);
-                let _ = timeout(
-                    CLOSE_TIMEOUT,
-                    session.close(Some(CloseCode::SlowConsumer.reason())),
-                )
-                .await;
-                drop(stream);
-                finish(&state, user, socket);
+    let replayed_up_to = match resume_after {
+        Some(after) => match replay_missed(&mut session, &state, user, after).await {
+            Ok(caught_up) => caught_up,
+            Err(end) => {
+                close(session, stream, end, &state, user, socket).await;
                 return;
             }
-        }
-    }
+        },
+        None => None,
+    };
 
     let end = loop {
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
+            _ = &mut expired, if token_expiry.is_some() => break End::Close(CloseCode::TokenExpired),
             frame = outbox.recv() => match frame {
                 Some(frame) if frame.id.is_some() && frame.id <= replayed_up_to => {}
                 Some(frame) => match timeout(limits.write_timeout, session.text(frame.text.clone())).await {
@@ -145,6 +116,7 @@ pub async fn run(
                     Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Text(_) | AggregatedMessage::Binary(_))) => {}
                     Some(Ok(AggregatedMessage::Close(_))) => break End::Close(CloseCode::Normal),
                     Some(Err(ProtocolError::Overflow)) => break End::Close(CloseCode::MessageTooBig),
+                    Some(Err(error)) if super::frame_guard::is_oversized(&error) => break End::Close(CloseCode::MessageTooBig),
                     Some(Err(error)) => {
                         tracing::debug!(%user, socket, %error, "protocol error");
                         break End::Close(CloseCode::ProtocolError);
@@ -163,17 +135,64 @@ pub async fn run(
         }
     };
 
+    close(session, stream, end, &state, user, socket).await;
+}
+
+/// Sends what history holds after `after`, or the missed frame when it cannot tell. Returns
+/// the id the client is caught up to.
+async fn replay_missed(
+    session: &mut Session,
+    state: &AppState,
+    user: UserId,
+    after: StreamId,
+) -> Result<Option<StreamId>, End> {
+    let limits = &state.limits;
+    let read = state.bus.replay_after(user, after, limits.replay_limit);
+    let replay = match timeout(limits.history_timeout, read).await {
+        Ok(Ok(replay)) => replay,
+        Ok(Err(error)) => history_unavailable(user, after, &error.to_string()),
+        Err(_elapsed) => history_unavailable(user, after, "read timed out"),
+    };
+    let caught_up = replay.last_id();
+    for frame in replay.missed.into_iter().chain(replay.entries) {
+        match timeout(limits.write_timeout, session.text(frame.text)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_closed)) => return Err(End::Gone),
+            Err(_elapsed) => {
+                state
+                    .metrics
+                    .dropped(crate::metrics::DropCause::SlowClient, 1);
+                return Err(End::Close(CloseCode::SlowConsumer));
+            }
+        }
+    }
+    Ok(caught_up)
+}
+
+/// Without history the client can only be told that it may have missed notifications.
+fn history_unavailable(user: UserId, after: StreamId, reason: &str) -> Replay {
+    tracing::warn!(%user, %reason, "history unavailable for resume");
+    Replay {
+        missed: Some(history::missed_frame(after, after)),
+        entries: Vec::new(),
+    }
+}
+
+/// Ends the socket: the close frame if we close it, then out of the hub.
+async fn close(
+    session: Session,
+    stream: AggregatedMessageStream,
+    end: End,
+    state: &AppState,
+    user: UserId,
+    socket: SocketId,
+) {
     if let End::Close(code) = end {
         tracing::debug!(%user, socket, code = code.code(), "closing socket");
         let _ = timeout(CLOSE_TIMEOUT, session.close(Some(code.reason()))).await;
     }
     // Dropping the session and stream ends the response body, which closes the connection.
     drop(stream);
-    finish(&state, user, socket);
-}
-
-/// Takes the socket out of the hub; the user's subscription goes after the linger period.
-fn finish(state: &AppState, user: UserId, socket: SocketId) {
     if state.hub.unregister(user, socket) {
         release_later(state.clone(), user);
     }

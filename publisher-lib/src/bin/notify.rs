@@ -1,0 +1,176 @@
+//! `notify`: publish one notification from the shell, for ops and scripts.
+//!
+//! ```text
+//! notify --user 42 --type info --message "Parking B closes at 22:00"
+//! notify --user 42 --event booking.expiring_soon --data '{"booking_id":1,"slot":"A-12","minutes_left":5}'
+//! ```
+//!
+//! The same rules as the gateway's `POST /api/publish` (publisher-lib's
+//! `Notification::from_fields`), published with publisher-lib's `Publisher`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use publisher::{ErrorKind, Level, Notification, Publisher, PublisherOptions, UserId};
+use serde_json::{Map, Value};
+
+const USAGE: &str = "\
+usage: notify [--redis URL] --user ID [--user ID ...] NOTIFICATION [--timeout-ms N]
+
+NOTIFICATION is either
+  --type success|info|warning|error --message TEXT [--event NAME] [--data JSON]
+or a typed event, with its level and default message:
+  --event NAME --data JSON [--message TEXT]
+  (events and their data fields: docs/PROTOCOL.md)
+
+--redis     Redis the gateways subscribe to; default $REDIS_URL, else redis://127.0.0.1:6379
+--data      a JSON object, e.g. '{\"booking_id\":1881,\"slot\":\"A-12\",\"minutes_left\":5}'
+--timeout-ms  upper bound for the whole publish (default 2000)
+
+Prints how many gateway nodes received it (0: the user has no browser open; not an error).
+Exit status: 0 published, 1 Redis unavailable or too slow, 2 bad input.";
+
+/// A command line that cannot be acted on; exit status 2.
+struct BadInput(String);
+
+struct Args {
+    redis: String,
+    users: Vec<UserId>,
+    notification: Notification,
+    timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(BadInput(message)) => {
+            eprintln!("notify: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("notify: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(publish(args))
+}
+
+async fn publish(args: Args) -> ExitCode {
+    let options = PublisherOptions {
+        pool_size: 1,
+        timeout: args.timeout,
+        ..Default::default()
+    };
+    let result = match Publisher::with_options(&args.redis, options) {
+        Ok(publisher) => match args.users.as_slice() {
+            [user] => publisher.publish(*user, args.notification).await,
+            users => publisher.publish_many(users, args.notification).await,
+        },
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(receivers) => {
+            println!("receivers: {receivers}");
+            if receivers == 0 {
+                eprintln!("notify: no gateway node holds a socket of this user right now (not an error; nothing is kept for later)");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("notify: {error}");
+            match error.kind() {
+                ErrorKind::InvalidInput | ErrorKind::TooLarge => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInput> {
+    let mut redis = std::env::var("REDIS_URL").ok();
+    let mut users = Vec::new();
+    let (mut level, mut message, mut event, mut data) = (None, None, None, None);
+    let mut timeout = Duration::from_secs(2);
+
+    while let Some(flag) = argv.next() {
+        if flag == "--help" || flag == "-h" {
+            return Ok(None);
+        }
+        let mut value = || {
+            argv.next()
+                .ok_or_else(|| BadInput(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--redis" => redis = Some(value()?),
+            "--user" => {
+                let id = value()?;
+                users.push(
+                    id.parse::<UserId>()
+                        .map_err(|e| BadInput(format!("--user {id:?}: {e}")))?,
+                );
+            }
+            "--type" => {
+                let text = value()?;
+                let parsed =
+                    serde_json::from_value::<Level>(Value::String(text.clone())).map_err(|_| {
+                        BadInput(format!(
+                            "--type {text:?}: expected success, info, warning or error"
+                        ))
+                    })?;
+                level = Some(parsed);
+            }
+            "--message" => message = Some(value()?),
+            "--event" => event = Some(value()?),
+            "--data" => {
+                let text = value()?;
+                let object = match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::Object(object)) => object,
+                    Ok(_) => return Err(BadInput("--data must be a JSON object".into())),
+                    Err(e) => return Err(BadInput(format!("--data is not JSON: {e}"))),
+                };
+                data = Some(object);
+            }
+            "--timeout-ms" => {
+                let text = value()?;
+                let ms = text
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        BadInput(format!(
+                            "--timeout-ms {text:?}: expected milliseconds above 0"
+                        ))
+                    })?;
+                timeout = Duration::from_millis(ms);
+            }
+            other => return Err(BadInput(format!("unknown argument {other:?}"))),
+        }
+    }
+
+    if users.is_empty() {
+        return Err(BadInput("give at least one --user".into()));
+    }
+    let notification = Notification::from_fields(
+        level,
+        message,
+        event.as_deref(),
+        data.unwrap_or_else(Map::new),
+    )
+    .map_err(|e| BadInput(e.to_string()))?;
+    Ok(Some(Args {
+        redis: redis.unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
+        users,
+        notification,
+        timeout,
+    }))
+}
