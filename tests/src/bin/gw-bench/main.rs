@@ -71,24 +71,35 @@ Options:
   --gateway-pid PID[,..] their pids, for memory and CPU figures
   --redis URL            use this Redis instead of starting one
   --user-base N          first user id (default 1000000)
+  --auth jwt|none        jwt (default, production): the gateways verify an HS256 access token
+                         that every socket presents (?token=); none: no token
+  --jwt-secret S         the HS256 secret (default: the test suite's); for --gateway runs
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
 build both with `cargo build --release -p e2e --bin gw-bench --bin gateway-e2e`.";
 
-/// Every gateway setting the benchmark sets, in one place (when the gateway requires auth
-/// configuration, it is one more line here). The harness adds the bind address and 2 workers;
-/// everything else is the production default.
-fn gateway_settings(redis_url: &str) -> Vec<(&'static str, String)> {
-    vec![
-        // Per-socket debug logs (the harness default) would be measured too.
-        ("RUST_LOG", "warn".to_owned()),
-        ("GW__REDIS__URL", redis_url.to_owned()),
-        // The harness shortens these for fault tests; a 1 s ping deadline is too tight for a
-        // saturated machine and would measure reconnects instead of delivery.
-        ("GW__REDIS__PING_INTERVAL_MS", "5000".to_owned()),
-        ("GW__REDIS__RECONNECT_MAX_MS", "5000".to_owned()),
-    ]
+/// Every gateway setting the benchmark sets, in one place. The harness adds the bind address
+/// and 2 workers; everything else is the production default.
+fn gateway_settings(redis_url: &str, jwt_secret: Option<&str>) -> Vec<(&'static str, String)> {
+    let auth = match jwt_secret {
+        Some(secret) => vec![
+            ("GW__AUTH__MODE", "jwt".to_owned()),
+            ("GW__AUTH__HS256_SECRET", secret.to_owned()),
+        ],
+        None => vec![("GW__AUTH__MODE", "none".to_owned())],
+    };
+    auth.into_iter()
+        .chain([
+            // Per-socket debug logs (the harness default) would be measured too.
+            ("RUST_LOG", "warn".to_owned()),
+            ("GW__REDIS__URL", redis_url.to_owned()),
+            // The harness shortens these for fault tests; a 1 s ping deadline is too tight for a
+            // saturated machine and would measure reconnects instead of delivery.
+            ("GW__REDIS__PING_INTERVAL_MS", "5000".to_owned()),
+            ("GW__REDIS__RECONNECT_MAX_MS", "5000".to_owned()),
+        ])
+        .collect()
 }
 
 /// Files a gateway may still need with every socket open (Redis connections, accept
@@ -168,6 +179,8 @@ struct Options {
     redis_url: Option<String>,
     user_base: u64,
     gateway_env: Vec<(String, String)>,
+    /// The HS256 secret sockets sign their tokens with; `None`: auth.mode = none.
+    jwt_secret: Option<String>,
 }
 
 impl Options {
@@ -195,6 +208,7 @@ impl Options {
             redis_url: None,
             user_base: 1_000_000,
             gateway_env: Vec::new(),
+            jwt_secret: Some(e2e::jwt::SECRET.to_owned()),
         };
         match name {
             "custom" => {}
@@ -281,6 +295,14 @@ impl Options {
                 "--gateway-pid" => o.gateway_pids = list(flag, v)?,
                 "--redis" => o.redis_url = Some(v.to_owned()),
                 "--user-base" => o.user_base = num(flag, v)?,
+                "--auth" => {
+                    o.jwt_secret = match v {
+                        "jwt" => o.jwt_secret.or_else(|| Some(e2e::jwt::SECRET.to_owned())),
+                        "none" => None,
+                        _ => return Err(format!("--auth: {v:?} is not jwt or none")),
+                    }
+                }
+                "--jwt-secret" => o.jwt_secret = Some(v.to_owned()),
                 "--set" => {
                     for pair in v.split(',') {
                         let (key, value) = pair
@@ -401,7 +423,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
         .map_err(|e| format!("cannot reach Redis at {redis_url}: {e}"))?;
     let publish_only = o.sockets == SocketCount::Exactly(0);
     let own_gateways: Vec<Gateway> = if o.gateways.is_empty() && !publish_only {
-        let settings = gateway_settings(&redis_url);
+        let settings = gateway_settings(&redis_url, o.jwt_secret.as_deref());
         let settings: Vec<(&str, &str)> = settings
             .iter()
             .map(|(k, v)| (*k, v.as_str()))
@@ -490,6 +512,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             connect_rate: o.connect_rate / workers as f64,
             connect_inflight: o.connect_inflight,
             connect_timeout_ms: 30_000,
+            jwt_secret: o.jwt_secret.clone(),
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -751,6 +774,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "workers": workers,
             "connect_rate": o.connect_rate,
             "connect_inflight": o.connect_inflight,
+            "auth": if o.jwt_secret.is_some() { "jwt" } else { "none" },
             "gateway_env": o.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "conditions": {

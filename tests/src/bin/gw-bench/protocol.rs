@@ -28,6 +28,9 @@ pub struct WorkerPlan {
     /// Handshakes in flight at once.
     pub connect_inflight: usize,
     pub connect_timeout_ms: u64,
+    /// With it, every socket presents an HS256 access token for its user (`?token=`), as a
+    /// browser does against a gateway in `auth.mode = "jwt"`.
+    pub jwt_secret: Option<String>,
 }
 
 impl WorkerPlan {

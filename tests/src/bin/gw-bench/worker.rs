@@ -155,7 +155,13 @@ async fn run(plan: WorkerPlan) {
             });
             sockets.push(socket.clone());
             let target = plan.target(user_index, j);
-            let url = format!("ws://{target}/ws/notifications/{}/", socket.user_id);
+            let mut url = format!("ws://{target}/ws/notifications/{}/", socket.user_id);
+            if let Some(secret) = &plan.jwt_secret {
+                // Valid for the longest run; the gateway closes a socket when its token expires.
+                let claims = e2e::jwt::access_claims(socket.user_id, 24 * 3600);
+                url.push_str("?token=");
+                url.push_str(&e2e::jwt::hs256_with(&claims, secret));
+            }
             tokio::spawn(socket_task(
                 target,
                 plan.source_ip,
