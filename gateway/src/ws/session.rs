@@ -75,10 +75,12 @@ pub async fn run(
     // Resume: replay what the client missed before anything live. Live frames queue up in
     // the outbox meanwhile; those the replay already covered are skipped below by id.
     let replayed_up_to = match resume_after {
-        Some(after) => match replay_missed(&mut session, &state, user, after).await {
+        // Boxed, as close() below: cold paths whose state would otherwise be part of every
+        // idle socket's task (gw-bench scenario c).
+        Some(after) => match Box::pin(replay_missed(&mut session, &state, user, after)).await {
             Ok(caught_up) => caught_up,
             Err(end) => {
-                close(session, stream, end, &state, user, socket).await;
+                Box::pin(close(session, stream, end, &state, user, socket)).await;
                 return;
             }
         },
@@ -135,7 +137,7 @@ pub async fn run(
         }
     };
 
-    close(session, stream, end, &state, user, socket).await;
+    Box::pin(close(session, stream, end, &state, user, socket)).await;
 }
 
 /// Sends what history holds after `after`, or the missed frame when it cannot tell. Returns
