@@ -96,8 +96,9 @@ impl PublisherOptions {
     }
 }
 
-/// A key unique to one publish call, so that the script can recognise a retry of it.
-fn once_key() -> String {
+/// A token unique to one notification, stored with it, so that the script recognises a retry
+/// of a call whose answer was lost.
+fn once_token() -> String {
     static SEED: LazyLock<u64> = LazyLock::new(|| {
         // RandomState is seeded from the OS: distinct per process without a rand dependency.
         use std::hash::{BuildHasher, Hasher};
@@ -107,7 +108,7 @@ fn once_key() -> String {
     });
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("publish:once:{:016x}{n:x}", *SEED)
+    format!("{:016x}{n:x}", *SEED)
 }
 
 /// What Redis answered to one publish.
@@ -127,8 +128,9 @@ pub struct Receipt {
 ///
 /// Every notification is appended to the user's history stream and published in one atomic
 /// script, so a browser that reconnects with the last id it saw is replayed what it missed.
-/// A connection that breaks after the script was sent is retried with the same one-time key,
-/// which the script recognises: a retry never stores or delivers a notification twice.
+/// A connection that breaks after the script was sent is retried with the same one-time
+/// token, which the script looks for among the user's newest entries: a retry never stores or
+/// delivers a notification twice.
 #[derive(Clone)]
 pub struct Publisher {
     pool: Pool,
@@ -241,7 +243,7 @@ impl Publisher {
     pub async fn ping(&self) -> Result<(), PublishError> {
         let mut pipe = redis::pipe();
         pipe.cmd("PING");
-        let _pong: (String,) = self.execute(&pipe).await?;
+        let _pong: (String,) = self.execute(|_| pipe.clone()).await?;
         Ok(())
     }
 
@@ -300,11 +302,16 @@ impl Publisher {
         if users.is_empty() {
             return Ok(0);
         }
-        let mut pipe = script_pipeline(users.len());
-        for user in &users {
-            pipe.invoke_script(&self.invocation(*user, &payload));
-        }
-        let replies: Vec<(String, usize)> = self.execute(&pipe).await?;
+        let tokens: Vec<String> = users.iter().map(|_| once_token()).collect();
+        let replies: Vec<(String, usize)> = self
+            .execute(|retry| {
+                let mut pipe = script_pipeline(users.len());
+                for (user, token) in users.iter().zip(&tokens) {
+                    pipe.invoke_script(&self.invocation(*user, &payload, token, retry));
+                }
+                pipe
+            })
+            .await?;
         Ok(replies.iter().map(|(_, receivers)| receivers).sum())
     }
 
@@ -327,11 +334,16 @@ impl Publisher {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = script_pipeline(batch.len());
-        for (user, payload) in &batch {
-            pipe.invoke_script(&self.invocation(*user, payload));
-        }
-        let replies: Vec<(String, usize)> = self.execute(&pipe).await?;
+        let tokens: Vec<String> = batch.iter().map(|_| once_token()).collect();
+        let replies: Vec<(String, usize)> = self
+            .execute(|retry| {
+                let mut pipe = script_pipeline(batch.len());
+                for ((user, payload), token) in batch.iter().zip(&tokens) {
+                    pipe.invoke_script(&self.invocation(*user, payload, token, retry));
+                }
+                pipe
+            })
+            .await?;
         replies
             .into_iter()
             .map(|(id, receivers)| {
@@ -351,35 +363,54 @@ impl Publisher {
     }
 
     async fn publish_checked(&self, user: UserId, payload: &[u8]) -> Result<Receipt, PublishError> {
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(&self.invocation(user, payload));
-        let ((id, receivers),): ((String, usize),) = self.execute(&pipe).await?;
+        let token = once_token();
+        let ((id, receivers),): ((String, usize),) = self
+            .execute(|retry| {
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&self.invocation(user, payload, &token, retry));
+                pipe
+            })
+            .await?;
         Ok(Receipt {
             id: parse_id(&id)?,
             receivers,
         })
     }
 
-    fn invocation<'a>(&self, user: UserId, payload: &[u8]) -> redis::ScriptInvocation<'a> {
+    /// One run of the publish script. `retry` tells the script that an earlier call with
+    /// the same `token` may have run already (its answer was lost with its connection).
+    fn invocation<'a>(
+        &self,
+        user: UserId,
+        payload: &[u8],
+        token: &str,
+        retry: bool,
+    ) -> redis::ScriptInvocation<'a> {
         let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
         invocation
             .key(user.history_key())
-            .key(once_key())
             .arg(user.channel())
             .arg(payload)
             .arg(self.options.history_max_len)
-            .arg(self.options.history_max_age.as_millis() as u64);
+            .arg(self.options.history_max_age.as_millis() as u64)
+            .arg(token)
+            .arg(if retry { "1" } else { "0" });
         invocation
     }
 
-    /// Runs `pipe` on a pooled connection, retrying connection errors, all within one deadline.
-    async fn execute<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, PublishError> {
+    /// Runs the pipeline `build(retry)` makes on a pooled connection, retrying connection
+    /// errors (with `retry` true), all within one deadline.
+    async fn execute<T: FromRedisValue>(
+        &self,
+        build: impl Fn(bool) -> Pipeline,
+    ) -> Result<T, PublishError> {
         let timeout = self.options.timeout;
         let deadline = Instant::now() + timeout;
         let mut retries_left = self.options.retries;
         let mut backoff = RETRY_BACKOFF;
+        let mut pipe = build(false);
         loop {
-            let result = tokio::time::timeout_at(deadline, self.attempt(pipe))
+            let result = tokio::time::timeout_at(deadline, self.attempt(&pipe))
                 .await
                 .unwrap_or(Err(PublishError::Timeout(timeout)));
             match result {
@@ -391,6 +422,7 @@ impl Publisher {
                     retries_left -= 1;
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
+                    pipe = build(true);
                 }
                 other => return other,
             }

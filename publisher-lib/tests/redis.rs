@@ -201,10 +201,10 @@ async fn subscriber_receives_the_exact_payload() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(
-        history,
-        vec![(receipt.id.to_string(), vec![("p".to_owned(), expected)])]
-    );
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].0, receipt.id.to_string());
+    // Field "p" holds the notification ("k" its retry token).
+    assert_eq!(history[0].1[0], ("p".to_owned(), expected));
 
     // Raw payloads go out unchanged but for the id, unknown fields included.
     let raw = br#"{"type":"info","message":"raw","x-trace":"abc","data":{"k":[1,2]}}"#;
@@ -441,45 +441,68 @@ fn now_millis() -> u64 {
 }
 
 #[tokio::test]
-async fn a_retry_with_the_same_once_key_is_stored_and_published_once() {
+async fn a_retry_with_the_same_token_is_stored_and_published_once() {
     let server = RedisServer::start().await;
     let mut messages = subscribe(&server.url(), &["user_5"]).await;
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let script = redis::Script::new(publisher::wire::PUBLISH_SCRIPT);
-    let payload = br#"{"type":"info","message":"once"}"#.to_vec();
-    let call = || {
+    let call = |message: &str, token: &str, retry: &str| {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(user(5).history_key())
-            .key("publish:once:test-token")
             .arg(user(5).channel())
-            .arg(payload.clone())
+            .arg(format!(r#"{{"type":"info","message":"{message}"}}"#))
             .arg(1000)
-            .arg(0);
+            .arg(0)
+            .arg(token.to_owned())
+            .arg(retry.to_owned());
         invocation
     };
-    let (first, receivers): (String, usize) = call().invoke_async(&mut conn).await.unwrap();
+    let (first, receivers): (String, usize) = call("once", "token-1", "0")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(receivers, 1);
-    let (again, receivers): (String, usize) = call().invoke_async(&mut conn).await.unwrap();
+    // Other notifications in between do not hide the first attempt from its retry.
+    for n in 0..10 {
+        let _: (String, usize) = call(&format!("other {n}"), &format!("t{n}"), "0")
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (again, receivers): (String, usize) = call("once", "token-1", "1")
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(
         (again.as_str(), receivers),
         (first.as_str(), 0),
-        "answered from the once key"
+        "answered with the first id"
     );
     let stored: usize = redis::cmd("XLEN")
         .arg(user(5).history_key())
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(stored, 1);
-    // Published once: the next message on the channel is a different notification.
-    next_message(&mut messages).await;
-    let publisher = Publisher::connect(&server.url()).unwrap();
-    publisher
-        .publish(user(5), Notification::new(Level::Info, "next"))
+    assert_eq!(stored, 11, "stored once");
+    // A retry whose first attempt never ran is stored and published.
+    let (fresh, receivers): (String, usize) = call("lost", "token-2", "1")
+        .invoke_async(&mut conn)
         .await
         .unwrap();
-    let (_, next) = next_message(&mut messages).await;
-    assert!(String::from_utf8_lossy(&next).contains("\"next\""));
+    assert!(fresh > first);
+    assert_eq!(receivers, 1);
+    // Published once each: "once", ten others, then "lost".
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        seen.push(String::from_utf8(next_message(&mut messages).await.1).unwrap());
+    }
+    assert_eq!(
+        seen.iter()
+            .filter(|m| m.contains(r#""message":"once""#))
+            .count(),
+        1
+    );
+    assert!(seen[11].contains(r#""message":"lost""#));
 }

@@ -44,8 +44,8 @@ async fn a_password_protected_redis_is_reached_with_the_password_in_the_url() {
 
 /// The least-privilege Redis user for gateways and publishers, as docs/SECURITY.md gives it.
 const ACL_RULES: &str = "gateway on >gw-acl-pw resetchannels &user_* &gateway_canary:* \
-    resetkeys ~history:user_* ~publish:once:* -@all +@connection +ping +unwatch +subscribe \
-    +unsubscribe +publish +evalsha +eval +script|load +get +set +exists +time +xadd +xtrim \
+    resetkeys ~history:user_* -@all +@connection +ping +unwatch +subscribe \
+    +unsubscribe +publish +evalsha +eval +script|load +exists +time +xadd +xtrim \
     +pexpire +xrange +xrevrange +xinfo|stream";
 
 #[tokio::test]
