@@ -68,6 +68,10 @@ struct Canary {
 }
 
 impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn canary(&self) -> std::sync::MutexGuard<'_, Canary> {
         self.canary.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -187,11 +191,7 @@ impl RedisBus {
 impl Bus for RedisBus {
     fn interest_changed(&self, user: UserId) -> BoxFuture<()> {
         let epoch = {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.shared.pending();
             pending.dirty.insert(user);
             pending.requested += 1;
             pending.requested
@@ -444,11 +444,7 @@ impl Subscriber {
         // A fresh connection has no subscriptions: take everything the hub wants. Interest
         // changes up to `epoch` are reflected in the hub already, so this round confirms them.
         let epoch = {
-            let mut pending = self
-                .shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.shared.pending();
             pending.dirty.clear();
             pending.requested
         };
@@ -507,7 +503,7 @@ impl Subscriber {
                 }
                 _ = self.shared.wake.notified() => {
                     let (dirty, epoch) = {
-                        let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut pending = self.shared.pending();
                         (std::mem::take(&mut pending.dirty), pending.requested)
                     };
                     let (mut add, mut remove) = (Vec::new(), Vec::new());
