@@ -160,6 +160,9 @@ pub enum ConfigError {
 
 const ENV_PREFIX: &str = "GW";
 
+/// Longest history age accepted: a year.
+const MAX_HISTORY_AGE_MS: u64 = 365 * 24 * 3600 * 1000;
+
 impl Settings {
     /// Loads defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -262,6 +265,12 @@ impl Settings {
         }
         if self.history.max_len == 0 {
             return Err(invalid("history.max_len", "must be at least 1"));
+        }
+        if self.history.max_age_ms > MAX_HISTORY_AGE_MS {
+            return Err(invalid(
+                "history.max_age_ms",
+                format!("must be at most {MAX_HISTORY_AGE_MS} (a year); 0 keeps entries regardless of age"),
+            ));
         }
         if self.history.replay_limit == 0 {
             return Err(invalid("history.replay_limit", "must be at least 1"));

@@ -21,8 +21,6 @@ pub struct StreamState {
     pub last_id: StreamId,
     /// The oldest id still retained, `None` when everything was trimmed.
     pub first_id: Option<StreamId>,
-    /// Whether entries were ever trimmed from this history.
-    pub trimmed: bool,
     /// The history's clock (milliseconds since the epoch), for the age rule.
     pub now_ms: u64,
 }
@@ -77,10 +75,15 @@ pub fn plan_replay(
         };
     }
     let oldest_kept = state.first_id.unwrap_or_else(|| state.last_id.successor());
-    let trimmed_past_after = state.trimmed && after.successor() < oldest_kept;
-    // A history that expired and was created anew keeps no trace of the trim; an `after`
-    // older than the age limit may have lost entries that way.
-    let expired_past_after = max_age_ms > 0 && after.ms.saturating_add(max_age_ms) < state.now_ms;
+    // Ids only grow, so anything between `after` and the oldest entry kept is gone: trimmed,
+    // or lost with a history that was created anew (Redis restarted without persistence).
+    // ZERO means "from the very beginning", where nothing can have been skipped.
+    let from_start = after == StreamId::ZERO;
+    let lost_past_after = !from_start && after.successor() < oldest_kept;
+    // A history that expired and was created anew may even start above `after`'s successor
+    // by chance; an `after` older than the age limit may have lost entries that way.
+    let expired_past_after =
+        !from_start && max_age_ms > 0 && after.ms.saturating_add(max_age_ms) < state.now_ms;
     let too_many = newest_first.len() > limit;
     newest_first.truncate(limit);
     newest_first.reverse();
@@ -88,7 +91,7 @@ pub fn plan_replay(
         .into_iter()
         .filter_map(|(id, payload)| stored_frame(id, &payload))
         .collect();
-    let missed = (trimmed_past_after || expired_past_after || too_many).then(|| {
+    let missed = (lost_past_after || expired_past_after || too_many).then(|| {
         // Resuming from just before the first replayed entry replays it again; with nothing
         // to replay, from the newest id.
         let resume = entries
@@ -152,7 +155,6 @@ pub struct MemoryHistory {
 struct UserHistory {
     entries: VecDeque<(StreamId, Vec<u8>)>,
     last_id: StreamId,
-    trimmed: bool,
 }
 
 impl MemoryHistory {
@@ -178,7 +180,6 @@ impl MemoryHistory {
         let history = self.users.entry(user).or_insert_with(|| UserHistory {
             entries: VecDeque::new(),
             last_id: StreamId::ZERO,
-            trimmed: false,
         });
         history.entries.push_back((id, payload));
         history.last_id = id;
@@ -190,7 +191,6 @@ impl MemoryHistory {
                     .is_some_and(|(old, _)| old.ms.saturating_add(max_age_ms) < now))
         {
             history.entries.pop_front();
-            history.trimmed = true;
         }
         // Users nobody notified for longer than the age limit are forgotten, as Redis expires
         // their streams; checked on the way so memory stays bounded without a sweeper task.
@@ -214,7 +214,6 @@ impl MemoryHistory {
         let state = StreamState {
             last_id: history.last_id,
             first_id: history.entries.front().map(|(id, _)| *id),
-            trimmed: history.trimmed,
             now_ms: now_ms(),
         };
         let entries = history
@@ -334,6 +333,37 @@ mod tests {
             replay.missed.unwrap().id,
             Some(last),
             "reset to what history knows"
+        );
+    }
+
+    #[test]
+    fn from_the_start_nothing_is_missed_whatever_the_age_limit() {
+        let mut history = MemoryHistory::new(10, 1);
+        history.append(user(), NOTE.to_vec());
+        let (state, entries) = history.read_after(user(), StreamId::ZERO, 11);
+        let replay = plan_replay(StreamId::ZERO, state, entries, 10, 1);
+        assert!(replay.missed.is_none());
+        assert_eq!(replay.entries.len(), 1);
+    }
+
+    #[test]
+    fn a_history_created_anew_after_the_id_is_a_gap_even_untrimmed() {
+        // Redis lost the stream and it was created again: its first entry is far above the
+        // client's id, although nothing was ever trimmed from this incarnation.
+        let state = StreamState {
+            last_id: StreamId::new(900, 0),
+            first_id: Some(StreamId::new(800, 0)),
+            now_ms: 1000,
+        };
+        let entries = vec![
+            (StreamId::new(900, 0), NOTE.to_vec()),
+            (StreamId::new(800, 0), NOTE.to_vec()),
+        ];
+        let replay = plan_replay(StreamId::new(100, 0), Some(state), entries, 10, 0);
+        assert!(replay.missed.is_some());
+        assert_eq!(
+            ids(&replay),
+            vec![StreamId::new(800, 0), StreamId::new(900, 0)]
         );
     }
 

@@ -176,11 +176,27 @@ impl Hub {
         }
     }
 
+    /// The newest history id delivered to `user` here (or where its subscription started).
+    pub fn cursor(&self, user: UserId) -> Option<StreamId> {
+        self.shard(user).get(&user).and_then(|entry| entry.cursor)
+    }
+
+    /// Queues a missed-notifications frame to every local socket of `user`, whatever the
+    /// cursor says, and moves the cursor to the frame's id, backwards too: after history was
+    /// lost or went back (a failover), new ids may be lower than what was delivered before.
+    pub fn deliver_missed(&self, user: UserId, frame: Frame) -> usize {
+        if let Some(entry) = self.shard(user).get_mut(&user) {
+            entry.cursor = frame.id;
+        }
+        self.deliver_frame(user, Frame { id: None, ..frame })
+    }
+
     /// Validates one payload from the bus and queues it to every local socket of `user`.
     /// Returns the number of sockets it was queued to.
     pub fn deliver(&self, user: UserId, payload: &[u8]) -> usize {
         self.metrics.messages_received_total.fetch_add(1, Relaxed);
-        let info = match wire::check_payload(payload, self.max_payload_bytes) {
+        let limit = self.max_payload_bytes + wire::ID_FIELD_MAX_BYTES;
+        let info = match wire::check_payload(payload, limit) {
             Ok(info) => info,
             Err(err) => {
                 let cause = match err {
@@ -351,6 +367,32 @@ mod tests {
         );
         assert_eq!(a.outbox.try_recv().unwrap().id, Some(StreamId::new(11, 0)));
         assert_eq!(hub.cursors(), vec![(user(1), Some(StreamId::new(11, 0)))]);
+    }
+
+    #[test]
+    fn a_payload_at_the_limit_still_fits_with_its_id() {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(4, 64, metrics);
+        let (mut a, _) = hub.register(user(1));
+        let body = format!(r#"{{"type":"info","message":"{}"}}"#, "m".repeat(64 - 28));
+        assert_eq!(body.len(), 64, "exactly the publisher's limit");
+        let framed = wire::with_id(StreamId::new(u64::MAX, u64::MAX), body.as_bytes()).unwrap();
+        assert_eq!(hub.deliver(user(1), &framed), 1);
+        assert!(a.outbox.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_missed_frame_resets_the_cursor_and_is_always_delivered() {
+        let hub = hub(8);
+        let (mut a, _) = hub.register(user(1));
+        hub.advance_cursor(user(1), StreamId::new(50, 0));
+        let missed = crate::history::missed_frame(StreamId::new(50, 0), StreamId::new(10, 0));
+        assert_eq!(hub.deliver_missed(user(1), missed), 1);
+        assert_eq!(hub.cursor(user(1)), Some(StreamId::new(10, 0)));
+        let note = br#"{"id":"20-0","type":"info","message":"after a failover"}"#;
+        assert_eq!(hub.deliver(user(1), note), 1, "not a duplicate any more");
+        assert_eq!(a.outbox.try_recv().unwrap().id, None);
+        assert_eq!(a.outbox.try_recv().unwrap().id, Some(StreamId::new(20, 0)));
     }
 
     #[test]

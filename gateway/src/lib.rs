@@ -78,6 +78,12 @@ pub async fn run(
             let bus = RedisBus::start(
                 &settings.redis,
                 &settings.history,
+                // Half a socket queue: a catch-up never evicts a socket that keeps up.
+                settings
+                    .history
+                    .replay_limit
+                    .min(settings.ws.outbound_queue / 2)
+                    .max(1),
                 url,
                 hub.clone(),
                 metrics.clone(),

@@ -42,7 +42,7 @@ end
 local max_age = tonumber(ARGV[4])
 if max_age and max_age > 0 then
   local now_ms = tonumber(string.match(id, '^(%d+)'))
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', now_ms - max_age)
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', math.max(0, now_ms - max_age))
   redis.call('PEXPIRE', KEYS[1], max_age)
 end
 local separator = ','

@@ -87,6 +87,11 @@ impl PublisherOptions {
                 "timeout must be more than zero",
             ));
         }
+        if self.history_max_age > Duration::from_secs(365 * 24 * 3600) {
+            return Err(PublishError::InvalidOptions(
+                "history_max_age must be at most a year (zero: no age limit)",
+            ));
+        }
         if self.history_max_len == 0 {
             return Err(PublishError::InvalidOptions(
                 "history_max_len must be at least 1",
@@ -281,7 +286,15 @@ impl Publisher {
         user: UserId,
         payload: &[u8],
     ) -> Result<usize, PublishError> {
-        wire::check_payload(payload, self.options.max_payload_bytes)?;
+        if wire::check_payload(payload, self.options.max_payload_bytes)?
+            .id
+            .is_some()
+        {
+            // The script adds the id; a second one would make the JSON ambiguous.
+            return Err(PublishError::MalformedPayload {
+                reason: "\"id\" is set by the publish script, leave it out".to_owned(),
+            });
+        }
         Ok(self.publish_checked(user, payload).await?.receivers)
     }
 
@@ -564,6 +577,8 @@ mod tests {
             &b"garbage"[..],
             br#"{"type":"loud","message":"x"}"#,
             b"\xff\xfe",
+            // The script adds the id: a payload may not bring its own.
+            br#"{"id":"1-0","type":"info","message":"x"}"#,
         ] {
             let err = p.publish_payload(user(1), bad).await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput);

@@ -28,6 +28,11 @@ pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 /// Largest payload a gateway accepts by default; larger ones are dropped and counted.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
+/// What the publish script adds to a payload (`"id":"<ms>-<seq>",`) at most: gateways allow
+/// this much above the payload limit, so that a payload publishers may send is never dropped
+/// once it carries its id.
+pub const ID_FIELD_MAX_BYTES: usize = 64;
+
 /// A user id: a positive integer that fits a signed 64-bit database key (1 ..= 2^63-1),
 /// written in decimal without sign or leading zeros.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -772,6 +772,28 @@ impl RawSocket {
         (status, RawSocket { stream })
     }
 
+    /// Sends a handshake and waits briefly for the answer: `None` when none came within
+    /// 300 ms (the server is still deciding), else its status. The socket is returned open.
+    pub fn start_handshake(addr: SocketAddr, path: &str) -> (Option<u16>, Self) {
+        let mut stream = TcpStream::connect(addr).expect("connecting to the gateway");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        let status = match stream.read(&mut head) {
+            Ok(n) if n >= 12 => std::str::from_utf8(&head[9..12])
+                .ok()
+                .and_then(|s| s.parse().ok()),
+            _ => None,
+        };
+        (status, RawSocket { stream })
+    }
+
     /// Reads frames (answering nothing) until the server closes the TCP connection.
     /// Returns the close code of the close frame seen, if any.
     pub fn read_until_eof(&mut self) -> Option<u16> {

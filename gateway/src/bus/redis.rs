@@ -111,9 +111,12 @@ struct Timing {
 
 impl RedisBus {
     /// Starts the subscriber task. It runs until `shutdown` turns true.
+    /// `catch_up_limit`: most frames replayed to one user after a reconnect (keep it below
+    /// the sockets' queue size).
     pub fn start(
         settings: &RedisSettings,
         history: &HistorySettings,
+        catch_up_limit: usize,
         url: &str,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
@@ -171,7 +174,7 @@ impl RedisBus {
             metrics,
             timing,
             history: reader.clone(),
-            replay_limit: history.replay_limit,
+            catch_up_limit,
         };
         tokio::spawn(subscriber.run(client, shutdown.clone()));
         tokio::spawn(send_canaries(
@@ -311,11 +314,10 @@ impl HistoryReader {
             .map(|((_, after), reply)| {
                 let (state, entries) = match reply {
                     None => (None, Vec::new()),
-                    Some((last, added, length, first, now_ms, entries)) => {
+                    Some((last, _added, _length, first, now_ms, entries)) => {
                         let state = StreamState {
                             last_id: last.parse().unwrap_or_default(),
                             first_id: first.parse().ok(),
-                            trimmed: added > length,
                             now_ms: now_ms.parse().unwrap_or_else(|_| history::now_ms()),
                         };
                         (Some(state), parse_entries(entries))
@@ -392,7 +394,9 @@ struct Subscriber {
     metrics: Arc<Metrics>,
     timing: Timing,
     history: HistoryReader,
-    replay_limit: usize,
+    /// Most frames replayed to one user at once: below its sockets' queue size, so that a
+    /// catch-up never evicts a healthy socket; beyond it, the newest and a missed frame.
+    catch_up_limit: usize,
 }
 
 impl Subscriber {
@@ -450,6 +454,17 @@ impl Subscriber {
         };
         let cursors = self.hub.cursors();
         let wanted: Vec<UserId> = cursors.iter().map(|(user, _)| *user).collect();
+        // Users whose first socket came while the link was down have no cursor yet: it starts
+        // at the newest stored id, read before subscribing so that nothing published in
+        // between can be taken for a duplicate (the catch-up below replays it).
+        let unknown: Vec<UserId> = cursors
+            .iter()
+            .filter(|(_, cursor)| cursor.is_none())
+            .map(|(user, _)| *user)
+            .collect();
+        self.start_cursors(&unknown)
+            .await
+            .map_err(|e| format!("reading history ids failed: {e}"))?;
         let canary = [self.shared.canary_channel.as_str()];
         match tokio::time::timeout(self.timing.ping_interval, sink.subscribe(&canary)).await {
             Ok(Ok(())) => {}
@@ -461,13 +476,13 @@ impl Subscriber {
         apply(
             &mut sink,
             &mut subscribed,
-            wanted,
+            wanted.clone(),
             Vec::new(),
             self.timing.ping_interval,
         )
         .await?;
         // Subscribed again: what was published while the link was down is in history.
-        self.catch_up(&cursors)
+        self.catch_up(&wanted)
             .await
             .map_err(|e| format!("catch-up failed: {e}"))?;
         self.shared.connected.store(true, Relaxed);
@@ -514,8 +529,10 @@ impl Subscriber {
                             _ => {}
                         }
                     }
-                    apply(&mut sink, &mut subscribed, add.clone(), remove, self.timing.ping_interval).await?;
+                    // Cursors first, then SUBSCRIBE, then replay what was stored in between.
                     self.start_cursors(&add).await.map_err(|e| format!("reading history ids failed: {e}"))?;
+                    apply(&mut sink, &mut subscribed, add.clone(), remove, self.timing.ping_interval).await?;
+                    self.catch_up(&add).await.map_err(|e| format!("catch-up failed: {e}"))?;
                     self.metrics.subscriptions.store(subscribed.len() as u64, Relaxed);
                     confirm(&self.shared, epoch);
                 }
@@ -531,8 +548,8 @@ impl Subscriber {
         }
     }
 
-    /// For users just subscribed: everything already stored was published before their
-    /// first socket opened, so their cursor starts at the newest stored id.
+    /// For users about to be subscribed: everything already stored was published before
+    /// their first socket opened, so their cursor starts at the newest stored id.
     async fn start_cursors(&self, users: &[UserId]) -> Result<(), BusError> {
         for batch in users.chunks(BATCH) {
             let newest = self.history.newest_ids(batch).await?;
@@ -543,24 +560,27 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Replays, for each user with a cursor, what history holds after it; users without one
-    /// (their first socket arrived while Redis was unreachable) start their cursor now.
-    async fn catch_up(&self, cursors: &[(UserId, Option<StreamId>)]) -> Result<(), BusError> {
-        let (known, unknown): (Vec<_>, Vec<_>) = cursors
+    /// Replays to each of `users` what history holds after its cursor: what was published
+    /// while the link was down, or between reading the cursor and SUBSCRIBE. The hub drops
+    /// what its sockets already have; a missed frame resets the cursor (history was lost, or
+    /// went back after a failover) so that new notifications are not taken for duplicates.
+    async fn catch_up(&self, users: &[UserId]) -> Result<(), BusError> {
+        let reads: Vec<(UserId, StreamId)> = users
             .iter()
-            .copied()
-            .partition(|(_, cursor)| cursor.is_some());
-        let unknown: Vec<UserId> = unknown.into_iter().map(|(user, _)| user).collect();
-        self.start_cursors(&unknown).await?;
-        let reads: Vec<(UserId, StreamId)> = known
-            .into_iter()
-            .filter_map(|(user, c)| Some((user, c?)))
+            .filter_map(|user| Some((*user, self.hub.cursor(*user)?)))
             .collect();
         let mut replayed = 0;
         for batch in reads.chunks(BATCH) {
-            let replays = self.history.replay_after(batch, self.replay_limit).await?;
+            let replays = self
+                .history
+                .replay_after(batch, self.catch_up_limit)
+                .await?;
             for ((user, _), replay) in batch.iter().zip(replays) {
-                for frame in replay.missed.into_iter().chain(replay.entries) {
+                if let Some(missed) = replay.missed {
+                    replayed += 1;
+                    self.hub.deliver_missed(*user, missed);
+                }
+                for frame in replay.entries {
                     replayed += 1;
                     self.hub.deliver_frame(*user, frame);
                 }
@@ -570,7 +590,7 @@ impl Subscriber {
             tracing::info!(
                 users = reads.len(),
                 frames = replayed,
-                "caught up from history after reconnect"
+                "caught up from history"
             );
         }
         Ok(())

@@ -82,6 +82,8 @@ pub enum ApiError {
     InvalidUserId(InvalidUserId),
     #[error("last_id: {0}")]
     InvalidLastId(InvalidStreamId),
+    #[error("query string: {0}")]
+    InvalidQuery(String),
     #[error("not a WebSocket upgrade request: {0}")]
     NotWebSocket(String),
     #[error("this node is shutting down, retry")]
@@ -109,6 +111,7 @@ impl ApiError {
         match self {
             ApiError::InvalidUserId(_) => "invalid_user_id",
             ApiError::InvalidLastId(_) => "invalid_last_id",
+            ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::TooManyConnections => "too_many_connections",
@@ -137,6 +140,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidUserId(_)
             | ApiError::InvalidLastId(_)
+            | ApiError::InvalidQuery(_)
             | ApiError::NotWebSocket(_)
             | ApiError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

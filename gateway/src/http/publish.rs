@@ -78,6 +78,9 @@ impl PublishRequest {
                 )))
             }
         }
+        // A user named twice gets the notification once.
+        users.sort_unstable();
+        users.dedup();
         if users.is_empty() || users.len() > MAX_USERS_PER_REQUEST {
             return Err(invalid(format!(
                 "give \"user\" or \"users\" with 1 to {MAX_USERS_PER_REQUEST} ids"

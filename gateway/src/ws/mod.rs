@@ -19,6 +19,7 @@ use publisher::wire::{StreamId, UserId};
 use crate::auth::BEARER_PROTOCOL;
 use crate::config::ms;
 use crate::http::{ApiError, AppState};
+use crate::hub::SocketId;
 
 /// Query parameters of the upgrade request.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -40,8 +41,10 @@ pub async fn upgrade(
     let user: UserId = user_id
         .parse()
         .map_err(|e| refused(ApiError::InvalidUserId(e)))?;
+    // A query that does not parse (a parameter given twice, say) is refused rather than read
+    // as "no resume", which would lose notifications silently.
     let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
-        .unwrap_or_else(|_| web::Query(UpgradeQuery::default()));
+        .map_err(|e| refused(ApiError::InvalidQuery(e.to_string())))?;
     let resume_after: Option<StreamId> = match query.last_id.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => Some(
             id.parse()
@@ -82,6 +85,13 @@ pub async fn upgrade(
         .hub
         .try_register(user, max_sockets)
         .ok_or_else(|| refused(ApiError::TooManySocketsForUser(max_sockets)))?;
+    // Until the socket task owns the registration, a client that gives up (actix then drops
+    // this future mid-await) must not leave it behind.
+    let pending = PendingSocket {
+        state: state.get_ref(),
+        user,
+        socket: registration.socket,
+    };
     // Every socket waits for the subscription, not only the user's first: a second socket
     // that arrives while the first one's SUBSCRIBE is in flight must not miss anything either.
     let subscribed = state.bus.interest_changed(user);
@@ -92,6 +102,7 @@ pub async fn upgrade(
         tracing::warn!(%user, "bus did not confirm the subscription in time; socket opens anyway");
     }
     tracing::debug!(%user, socket = registration.socket, "socket open");
+    std::mem::forget(pending);
     actix_web::rt::spawn(session::run(
         session,
         stream,
@@ -101,4 +112,17 @@ pub async fn upgrade(
         admission.close_at,
     ));
     Ok(response)
+}
+
+/// Unregisters a socket whose upgrade was abandoned before its task took over.
+struct PendingSocket<'a> {
+    state: &'a AppState,
+    user: UserId,
+    socket: SocketId,
+}
+
+impl Drop for PendingSocket<'_> {
+    fn drop(&mut self) {
+        session::unregister(self.state, self.user, self.socket);
+    }
 }

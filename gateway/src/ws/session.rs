@@ -155,7 +155,12 @@ async fn replay_missed(
         Ok(Err(error)) => history_unavailable(user, after, &error.to_string()),
         Err(_elapsed) => history_unavailable(user, after, "read timed out"),
     };
-    let caught_up = replay.last_id();
+    // The client has everything up to `after` (unless told otherwise): a node catch-up that
+    // re-sends older frames must not reach it twice.
+    let caught_up = match replay.missed {
+        None => replay.last_id().max(Some(after)),
+        Some(_) => replay.last_id(),
+    };
     for frame in replay.missed.into_iter().chain(replay.entries) {
         match timeout(limits.write_timeout, session.text(frame.text)).await {
             Ok(Ok(())) => {}
@@ -195,6 +200,11 @@ async fn close(
     }
     // Dropping the session and stream ends the response body, which closes the connection.
     drop(stream);
+    unregister(state, user, socket);
+}
+
+/// Takes a socket out of the hub; the user's subscription goes after the linger period.
+pub(super) fn unregister(state: &AppState, user: UserId, socket: SocketId) {
     if state.hub.unregister(user, socket) {
         release_later(state.clone(), user);
     }

@@ -71,6 +71,9 @@ async fn redis_restart_keeps_sockets_open_and_delivery_resumes() {
     );
     assert_eq!(publisher.publish(user(42), numbered(3)).await.unwrap(), 1);
     assert_eq!(publisher.publish(user(43), numbered(4)).await.unwrap(), 1);
+    // This Redis keeps nothing across a restart: Alice, who had received note 1, is told
+    // that history is gone; Bob and Carol, who had nothing yet, are not.
+    assert_eq!(alice.next_json().await["event"], "gateway.missed");
     assert_eq!(
         alice.next_json().await["message"],
         "note 2",
@@ -93,4 +96,60 @@ async fn publishing_to_a_stopped_redis_is_a_clear_error() {
         publisher::ErrorKind::RedisUnavailable,
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_during_the_upgrade_leaves_nothing_behind() {
+    let mut redis = RedisServer::start();
+    let gateway = Gateway::start(
+        Some(&redis),
+        &[
+            ("GW__REDIS__SUBSCRIBE_TIMEOUT_MS", "3000"),
+            ("GW__WS__UNSUBSCRIBE_LINGER_MS", "100"),
+        ],
+    );
+    // With Redis down the upgrade waits for the subscription; these clients hang up meanwhile.
+    redis.kill();
+    gateway.wait_for_readiness(503);
+    for user in 300..303 {
+        let (status, socket) = tokio::task::spawn_blocking({
+            let addr = gateway.addr;
+            move || e2e::RawSocket::start_handshake(addr, &format!("/ws/notifications/{user}/"))
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, None, "no answer while the subscription is pending");
+        drop(socket);
+    }
+    gateway.wait_metric("gateway_sockets_open", |n| n == 0);
+    gateway.wait_metric("gateway_users", |n| n == 0);
+    redis.restart();
+    gateway.wait_ready();
+}
+
+#[tokio::test]
+async fn history_lost_with_a_redis_restart_is_reported_not_silent() {
+    // No persistence: a restart loses every history stream.
+    let mut redis = RedisServer::start();
+    let gateway = Gateway::start(Some(&redis), &[]);
+    let mut client = WsClient::connect(&gateway.ws_url("310")).await;
+    publisher(&redis)
+        .publish(user(310), numbered(1))
+        .await
+        .unwrap();
+    assert_eq!(client.next_json().await["message"], "note 1");
+
+    redis.kill();
+    gateway.wait_for_readiness(503);
+    redis.restart();
+    gateway.wait_for_readiness(200);
+    // The node cannot replay what it may have missed: it says so, once.
+    let missed = client.next_json().await;
+    assert_eq!(missed["event"], "gateway.missed", "{missed}");
+    // And later notifications are not taken for duplicates of the lost ones.
+    publisher(&redis)
+        .publish(user(310), numbered(2))
+        .await
+        .unwrap();
+    assert_eq!(client.next_json().await["message"], "note 2");
 }
