@@ -150,6 +150,7 @@ pub struct MemoryHistory {
     max_age_ms: u64,
     last_issued: StreamId,
     users: HashMap<UserId, UserHistory>,
+    appends: u64,
 }
 
 struct UserHistory {
@@ -164,6 +165,7 @@ impl MemoryHistory {
             max_age_ms,
             last_issued: StreamId::ZERO,
             users: HashMap::new(),
+            appends: 0,
         }
     }
 
@@ -193,8 +195,10 @@ impl MemoryHistory {
             history.entries.pop_front();
         }
         // Users nobody notified for longer than the age limit are forgotten, as Redis expires
-        // their streams; checked on the way so memory stays bounded without a sweeper task.
-        if max_age_ms > 0 && self.users.len() > 1024 {
+        // their streams: a sweep every 1024 appends keeps memory bounded without a task of
+        // its own (amortised: users / 1024 visited per append).
+        self.appends += 1;
+        if max_age_ms > 0 && self.appends % 1024 == 0 {
             self.users
                 .retain(|_, h| h.last_id.ms.saturating_add(max_age_ms) >= now);
         }
