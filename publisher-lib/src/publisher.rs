@@ -286,15 +286,7 @@ impl Publisher {
         user: UserId,
         payload: &[u8],
     ) -> Result<usize, PublishError> {
-        if wire::check_payload(payload, self.options.max_payload_bytes)?
-            .id
-            .is_some()
-        {
-            // The script adds the id; a second one would make the JSON ambiguous.
-            return Err(PublishError::MalformedPayload {
-                reason: "\"id\" is set by the publish script, leave it out".to_owned(),
-            });
-        }
+        check_unpublished(payload, self.options.max_payload_bytes)?;
         Ok(self.publish_checked(user, payload).await?.receivers)
     }
 
@@ -309,6 +301,26 @@ impl Publisher {
     ) -> Result<usize, PublishError> {
         // Validate even when there is nobody to send to, so bad input is never silent.
         let payload = self.serialise(notification.into())?;
+        self.publish_to_users(users, &payload).await
+    }
+
+    /// Like [`Publisher::publish_many`] for an already-serialised notification (checked the
+    /// way gateways check it, and sent unchanged but for its id).
+    pub async fn publish_payload_many(
+        &self,
+        users: &[UserId],
+        payload: &[u8],
+    ) -> Result<usize, PublishError> {
+        check_unpublished(payload, self.options.max_payload_bytes)?;
+        self.publish_to_users(users, payload).await
+    }
+
+    /// One pipelined run of the script per distinct user, each with its own retry token.
+    async fn publish_to_users(
+        &self,
+        users: &[UserId],
+        payload: &[u8],
+    ) -> Result<usize, PublishError> {
         let mut users = users.to_vec();
         users.sort_unstable();
         users.dedup();
@@ -320,7 +332,7 @@ impl Publisher {
             .execute(|retry| {
                 let mut pipe = script_pipeline(users.len());
                 for (user, token) in users.iter().zip(&tokens) {
-                    pipe.invoke_script(&self.invocation(*user, &payload, token, retry));
+                    pipe.invoke_script(&self.invocation(*user, payload, token, retry));
                 }
                 pipe
             })
@@ -479,6 +491,17 @@ fn script_pipeline(invocations: usize) -> Pipeline {
             .ignore();
     }
     pipe
+}
+
+/// Checks a payload built elsewhere as gateways will; it may not carry its own id.
+fn check_unpublished(payload: &[u8], max_bytes: usize) -> Result<(), PublishError> {
+    if wire::check_payload(payload, max_bytes)?.id.is_some() {
+        // The script adds the id; a second one would make the JSON ambiguous.
+        return Err(PublishError::MalformedPayload {
+            reason: "\"id\" is set by the publish script, leave it out".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn parse_id(id: &str) -> Result<StreamId, PublishError> {

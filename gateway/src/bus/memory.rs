@@ -42,17 +42,26 @@ impl Bus for MemoryBus {
         Box::pin(std::future::ready(()))
     }
 
-    fn publish(&self, user: UserId, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>> {
+    fn publish(
+        &self,
+        mut users: Vec<UserId>,
+        payload: Vec<u8>,
+    ) -> BoxFuture<Result<usize, BusError>> {
+        users.sort_unstable();
+        users.dedup();
         let result = wire::check_payload(&payload, self.max_payload_bytes)
             .map_err(|e| BusError::Invalid(e.to_string()))
             .and_then(|_| {
                 // Appending and delivering under one lock keeps delivery in id order.
                 let mut history = self.history();
-                let id = history.append(user, payload.clone());
-                let framed = wire::with_id(id, &payload)
-                    .ok_or_else(|| BusError::Invalid("not a JSON object".into()))?;
-                let receivers = usize::from(self.hub.wants(user));
-                self.hub.deliver(user, &framed);
+                let mut receivers = 0;
+                for user in users {
+                    let id = history.append(user, payload.clone());
+                    let framed = wire::with_id(id, &payload)
+                        .ok_or_else(|| BusError::Invalid("not a JSON object".into()))?;
+                    receivers += usize::from(self.hub.wants(user));
+                    self.hub.deliver(user, &framed);
+                }
                 Ok(receivers)
             });
         Box::pin(std::future::ready(result))

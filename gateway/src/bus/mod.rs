@@ -37,9 +37,9 @@ pub trait Bus: Send + Sync + 'static {
     /// (Redis confirmed the SUBSCRIBE/UNSUBSCRIBE). Callers bound the wait.
     fn interest_changed(&self, user: UserId) -> BoxFuture<()>;
 
-    /// Sends an already-serialised notification to every node holding `user`. Returns how
-    /// many nodes received it.
-    fn publish(&self, user: UserId, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>>;
+    /// Sends an already-serialised notification to each of `users` (each once) in one step.
+    /// Returns how many nodes received it, summed over the users.
+    fn publish(&self, users: Vec<UserId>, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>>;
 
     /// What a client that last saw `after` must be sent to be caught up: at most `limit`
     /// notifications, oldest first, and the missed frame when some may be gone.

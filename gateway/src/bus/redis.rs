@@ -207,11 +207,11 @@ impl Bus for RedisBus {
         })
     }
 
-    fn publish(&self, user: UserId, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>> {
+    fn publish(&self, users: Vec<UserId>, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>> {
         let publisher = self.publisher.clone();
         Box::pin(async move {
             publisher
-                .publish_payload(user, &payload)
+                .publish_payload_many(&users, &payload)
                 .await
                 .map_err(|e| match e.kind() {
                     publisher::ErrorKind::InvalidInput | publisher::ErrorKind::TooLarge => {

@@ -151,17 +151,15 @@ pub async fn publish(
         .to_payload(state.settings.redis.max_payload_bytes)
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
 
-    let mut receivers = 0;
-    for user in users {
-        receivers += state
-            .bus
-            .publish(user, payload.clone())
-            .await
-            .map_err(|e| match e {
-                BusError::Invalid(m) => ApiError::InvalidBody(m),
-                BusError::Unavailable(m) => ApiError::BusUnavailable(m),
-            })?;
-    }
+    // One pipelined call for every user: a retry inside it never publishes twice.
+    let receivers = state
+        .bus
+        .publish(users, payload)
+        .await
+        .map_err(|e| match e {
+            BusError::Invalid(m) => ApiError::InvalidBody(m),
+            BusError::Unavailable(m) => ApiError::BusUnavailable(m),
+        })?;
     Ok(HttpResponse::Ok().json(json!({ "receivers": receivers })))
 }
 

@@ -154,3 +154,25 @@ async fn http_publish_goes_through_redis_to_every_replica() {
         );
     }
 }
+
+#[tokio::test]
+async fn http_publish_to_several_users_reaches_each_once() {
+    let redis = RedisServer::start();
+    let gateway = Gateway::start(Some(&redis), &[]);
+    let mut eight = WsClient::connect(&gateway.ws_url("8")).await;
+    let mut nine = WsClient::connect(&gateway.ws_url("9")).await;
+    let body = r#"{"users": [8, 9, 8], "type": "info", "message": "to both"}"#;
+    let (status, answer) = e2e::http_post_json(gateway.addr, "/api/publish", &[], body).unwrap();
+    assert_eq!((status, answer.as_str()), (200, r#"{"receivers":2}"#));
+    publisher(&redis)
+        .publish(user(8), numbered(1))
+        .await
+        .unwrap();
+    assert_eq!(eight.next_json().await["message"], "to both");
+    assert_eq!(
+        eight.next_json().await["message"],
+        "note 1",
+        "user 8 named twice, served once"
+    );
+    assert_eq!(nine.next_json().await["message"], "to both");
+}
