@@ -26,10 +26,13 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod error;
 pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod net;
+pub mod state;
 pub mod telemetry;
 pub mod ws;
 
@@ -43,10 +46,9 @@ use tokio::sync::watch;
 use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
 use crate::config::{ms, Settings};
 use crate::history::MemoryHistory;
-use crate::http::AppState;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::ws::SessionLimits;
+use crate::state::{AppState, SessionLimits};
 
 /// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
 /// function returns within `server.drain_timeout_ms`.

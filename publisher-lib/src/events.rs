@@ -25,7 +25,6 @@
 
 use serde_json::{Map, Value};
 
-use crate::notification::Notification;
 use crate::wire::Level;
 
 /// A notification the parking app sends, with its structured fields.
@@ -348,19 +347,6 @@ impl Event {
             _ => unreachable!("every name in Event::NAMES has an arm"),
         })
     }
-
-    /// The notification with the default English message.
-    pub fn into_notification(self) -> Notification {
-        let message = self.default_message();
-        self.with_message(message)
-    }
-
-    /// The notification with your own message (e.g. a translation) instead of the default.
-    pub fn with_message(self, message: impl Into<String>) -> Notification {
-        let mut notification = Notification::new(self.level(), message).with_event(self.name());
-        notification.data = self.data();
-        notification
-    }
 }
 
 /// Why an event name and its `data` do not make an [`Event`].
@@ -466,17 +452,12 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl From<Event> for Notification {
-    fn from(event: Event) -> Self {
-        event.into_notification()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::notification::Notification;
     use crate::wire::{check_payload, DEFAULT_MAX_PAYLOAD_BYTES};
 
     /// Serialises the way the publisher does (minus the timestamp) and checks the gateway

@@ -11,7 +11,6 @@ use publisher::wire::{StreamId, UserId};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::bus::BusError;
 
 #[derive(Deserialize)]
 struct PageQuery {
@@ -38,14 +37,7 @@ pub async fn notifications(
     };
     let max = state.settings.history.page_limit;
     let limit = query.limit.unwrap_or(max).clamp(1, max);
-    let frames = state
-        .bus
-        .history_page(user, before, limit)
-        .await
-        .map_err(|e| match e {
-            BusError::Invalid(m) => ApiError::InvalidBody(m),
-            BusError::Unavailable(m) => ApiError::BusUnavailable(m),
-        })?;
+    let frames = state.bus.history_page(user, before, limit).await?;
     let next_before = match frames.last().and_then(|f| f.id) {
         Some(id) if frames.len() == limit => format!("\"{id}\""),
         _ => "null".to_owned(),

@@ -16,7 +16,6 @@ use publisher::{Level, Notification};
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState};
-use crate::bus::BusError;
 
 /// Users one request may address.
 const MAX_USERS_PER_REQUEST: usize = 1000;
@@ -152,14 +151,7 @@ pub async fn publish(
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
 
     // One pipelined call for every user: a retry inside it never publishes twice.
-    let receivers = state
-        .bus
-        .publish(users, payload)
-        .await
-        .map_err(|e| match e {
-            BusError::Invalid(m) => ApiError::InvalidBody(m),
-            BusError::Unavailable(m) => ApiError::BusUnavailable(m),
-        })?;
+    let receivers = state.bus.publish(users, payload).await?;
     Ok(HttpResponse::Ok().json(json!({ "receivers": receivers })))
 }
 

@@ -9,7 +9,6 @@ mod frame_guard;
 mod session;
 
 pub use close::CloseCode;
-pub use session::SessionLimits;
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -18,8 +17,9 @@ use publisher::wire::{StreamId, UserId};
 
 use crate::auth::BEARER_PROTOCOL;
 use crate::config::ms;
-use crate::http::{ApiError, AppState};
+use crate::error::ApiError;
 use crate::hub::SocketId;
+use crate::state::AppState;
 
 /// Query parameters of the upgrade request.
 #[derive(Debug, Default, serde::Deserialize)]

@@ -11,35 +11,14 @@ use futures_util::StreamExt;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 
 use super::CloseCode;
-use crate::config::{ms, HistorySettings, WsSettings};
+use crate::config::ms;
 use crate::history::{self, Replay};
-use crate::http::AppState;
 use crate::hub::{Registration, SocketId};
+use crate::state::AppState;
 use publisher::wire::{StreamId, UserId};
 
 /// Upper bound for sending the close frame, so a dead peer cannot hold the task.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy)]
-pub struct SessionLimits {
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-    pub replay_limit: usize,
-    pub history_timeout: Duration,
-}
-
-impl SessionLimits {
-    pub fn new(ws: &WsSettings, history: &HistorySettings) -> Self {
-        SessionLimits {
-            ping_interval: ms(ws.ping_interval_ms),
-            idle_timeout: ms(ws.idle_timeout_ms),
-            write_timeout: ms(ws.write_timeout_ms),
-            replay_limit: history.replay_limit,
-            history_timeout: ms(history.read_timeout_ms),
-        }
-    }
-}
 
 /// How a session ended.
 enum End {
