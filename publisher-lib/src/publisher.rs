@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::PublishError;
 use crate::notification::{now_millis, Notification};
+use crate::script;
 use crate::wire::{self, StreamId, UserId};
 
 /// The history-and-publish script, hashed once (EVALSHA after the first load).
@@ -461,20 +462,11 @@ impl Publisher {
             .get()
             .await
             .map_err(|e| PublishError::from_pool(e, timeout))?;
-        let mut result = pipe.query_async(&mut conn).await;
-        // A restarted Redis has forgotten the script: load it and send the pipeline again.
-        // Nothing ran: the pipeline is one invocation, or several behind a SCRIPT LOAD (see
-        // script_pipeline), so NOSCRIPT cannot have failed some of them and not others.
-        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            PUBLISH_SCRIPT
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| PublishError::from_redis(e, timeout))?;
-            result = pipe.query_async(&mut conn).await;
-        }
-        result.map_err(|e| PublishError::from_redis(e, timeout))
+        // Safe to send again after NOSCRIPT: the pipeline is one invocation, or several
+        // behind a SCRIPT LOAD (see script_pipeline), so none of them ran.
+        script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT)
+            .await
+            .map_err(|e| PublishError::from_redis(e, timeout))
     }
 }
 
