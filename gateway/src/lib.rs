@@ -33,6 +33,7 @@ pub mod hub;
 pub mod metrics;
 pub mod net;
 pub mod state;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod ws;
 
@@ -49,6 +50,7 @@ use crate::history::MemoryHistory;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::state::{AppState, SessionLimits};
+use crate::subscriptions::Subscriptions;
 
 /// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
 /// function returns within `server.drain_timeout_ms`.
@@ -110,10 +112,17 @@ pub async fn run(
         }
     };
 
+    let subscriptions = Arc::new(Subscriptions::new(
+        hub.clone(),
+        bus.clone(),
+        ms(settings.ws.unsubscribe_linger_ms),
+        ms(settings.redis.subscribe_timeout_ms),
+    ));
     let state = AppState {
         limits: SessionLimits::new(&settings.ws, &settings.history),
         settings: settings.clone(),
         hub,
+        subscriptions,
         bus,
         metrics,
         gate,

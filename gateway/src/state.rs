@@ -10,6 +10,7 @@ use crate::bus::Bus;
 use crate::config::{ms, HistorySettings, Settings, WsSettings};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::subscriptions::Subscriptions;
 
 /// What every handler and socket task shares; cheap to clone.
 #[derive(Clone)]
@@ -17,6 +18,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub limits: SessionLimits,
     pub hub: Arc<Hub>,
+    /// Attaches sockets to their user's subscription and detaches them.
+    pub subscriptions: Arc<Subscriptions>,
     pub bus: Arc<dyn Bus>,
     pub metrics: Arc<Metrics>,
     /// Origin and token checks of WebSocket upgrades.

@@ -1,8 +1,8 @@
 //! The browser-facing WebSocket endpoint: `GET /ws/notifications/{user_id}/`.
 //!
-//! [`upgrade`] checks the request before anything is upgraded, registers the socket with the
-//! hub, waits (bounded) until the bus delivers the user's channel, then hands the socket to
-//! its own task in [`session`].
+//! [`upgrade`] checks the request before anything is upgraded, attaches the socket to the
+//! user's subscription ([`crate::subscriptions`]), then hands the socket to its own task in
+//! [`session`].
 
 mod close;
 mod frame_guard;
@@ -16,10 +16,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use publisher::wire::{StreamId, UserId};
 
 use crate::auth::BEARER_PROTOCOL;
-use crate::config::ms;
 use crate::error::ApiError;
-use crate::hub::SocketId;
 use crate::state::AppState;
+use crate::subscriptions::TooManySockets;
 
 /// Query parameters of the upgrade request.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -81,28 +80,12 @@ pub async fn upgrade(
         .max_continuation_size(max_frame);
 
     let max_sockets = state.settings.server.max_sockets_per_user;
-    let (registration, _first) = state
-        .hub
-        .try_register(user, max_sockets)
-        .ok_or_else(|| refused(ApiError::TooManySocketsForUser(max_sockets)))?;
-    // Until the socket task owns the registration, a client that gives up (actix then drops
-    // this future mid-await) must not leave it behind.
-    let pending = PendingSocket {
-        state: state.get_ref(),
-        user,
-        socket: registration.socket,
-    };
-    // Every socket waits for the subscription, not only the user's first: a second socket
-    // that arrives while the first one's SUBSCRIBE is in flight must not miss anything either.
-    let subscribed = state.bus.interest_changed(user);
-    if tokio::time::timeout(ms(state.settings.redis.subscribe_timeout_ms), subscribed)
+    let registration = state
+        .subscriptions
+        .attach(user, max_sockets)
         .await
-        .is_err()
-    {
-        tracing::warn!(%user, "bus did not confirm the subscription in time; socket opens anyway");
-    }
+        .map_err(|TooManySockets| refused(ApiError::TooManySocketsForUser(max_sockets)))?;
     tracing::debug!(%user, socket = registration.socket, "socket open");
-    std::mem::forget(pending);
     actix_web::rt::spawn(session::run(
         session,
         stream,
@@ -112,17 +95,4 @@ pub async fn upgrade(
         admission.close_at,
     ));
     Ok(response)
-}
-
-/// Unregisters a socket whose upgrade was abandoned before its task took over.
-struct PendingSocket<'a> {
-    state: &'a AppState,
-    user: UserId,
-    socket: SocketId,
-}
-
-impl Drop for PendingSocket<'_> {
-    fn drop(&mut self) {
-        session::unregister(self.state, self.user, self.socket);
-    }
 }

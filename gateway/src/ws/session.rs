@@ -11,7 +11,6 @@ use futures_util::StreamExt;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 
 use super::CloseCode;
-use crate::config::ms;
 use crate::history::{self, Replay};
 use crate::hub::{Registration, SocketId};
 use crate::state::AppState;
@@ -164,7 +163,7 @@ fn history_unavailable(user: UserId, after: StreamId, reason: &str) -> Replay {
     }
 }
 
-/// Ends the socket: the close frame if we close it, then out of the hub.
+/// Ends the socket: the close frame if we close it, then detached from its subscription.
 async fn close(
     session: Session,
     stream: AggregatedMessageStream,
@@ -179,24 +178,5 @@ async fn close(
     }
     // Dropping the session and stream ends the response body, which closes the connection.
     drop(stream);
-    unregister(state, user, socket);
-}
-
-/// Takes a socket out of the hub; the user's subscription goes after the linger period.
-pub(super) fn unregister(state: &AppState, user: UserId, socket: SocketId) {
-    if state.hub.unregister(user, socket) {
-        release_later(state.clone(), user);
-    }
-}
-
-/// Drops the user's subscription after the linger period, unless a socket came back.
-fn release_later(state: AppState, user: UserId) {
-    let linger = ms(state.settings.ws.unsubscribe_linger_ms);
-    actix_web::rt::spawn(async move {
-        tokio::time::sleep(linger).await;
-        if state.hub.release_if_idle(user) {
-            // Registered on the call; no need to wait for Redis to confirm the UNSUBSCRIBE.
-            drop(state.bus.interest_changed(user));
-        }
-    });
+    state.subscriptions.detach(user, socket);
 }
