@@ -652,6 +652,20 @@ impl WsClient {
         Ok(WsClient { ws })
     }
 
+    /// The next text frame exactly as sent (pings are answered as a browser would).
+    pub async fn next_text(&mut self) -> String {
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("no frame within the deadline");
+            match frame {
+                Some(Ok(Message::Text(text))) => return text.to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// The next JSON text frame (pings are answered by tungstenite as a browser would).
     pub async fn next_json(&mut self) -> Value {
         loop {
