@@ -104,7 +104,9 @@ async fn a_client_that_gives_up_during_the_upgrade_leaves_nothing_behind() {
     let gateway = Gateway::start(
         Some(&redis),
         &[
-            ("GW__REDIS__SUBSCRIBE_TIMEOUT_MS", "3000"),
+            // Longer than the test waits for anything: the upgrades stay pending until the
+            // clients hang up, so the registrations seen below are those of pending upgrades.
+            ("GW__REDIS__SUBSCRIBE_TIMEOUT_MS", "60000"),
             ("GW__WS__UNSUBSCRIBE_LINGER_MS", "100"),
         ],
     );
