@@ -93,7 +93,7 @@ impl PublishRequest {
         };
         let level = text("type")?
             .map(|name| {
-                serde_json::from_value::<Level>(Value::String(name.clone())).map_err(|_| {
+                name.parse::<Level>().map_err(|_| {
                     invalid(format!(
                         "\"type\" {name:?} is none of success, info, warning, error"
                     ))
