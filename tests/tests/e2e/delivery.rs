@@ -3,7 +3,6 @@
 
 use e2e::{Gateway, RedisServer, WsClient};
 use publisher::Event;
-use serde_json::json;
 
 use crate::{numbered, publisher, user};
 
