@@ -27,6 +27,20 @@ pub struct UpgradeQuery {
     pub last_id: Option<String>,
 }
 
+/// The user of the path and the id to resume after (`?last_id=`; empty means none).
+fn parse_target(user_id: &str, query: &str) -> Result<(UserId, Option<StreamId>), ApiError> {
+    let user: UserId = user_id.parse().map_err(ApiError::InvalidUserId)?;
+    // A query that does not parse (a parameter given twice, say) is refused rather than read
+    // as "no resume", which would lose notifications silently.
+    let query = web::Query::<UpgradeQuery>::from_query(query)
+        .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+    let resume_after = match query.last_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => Some(id.parse().map_err(ApiError::InvalidLastId)?),
+        None => None,
+    };
+    Ok((user, resume_after))
+}
+
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
@@ -37,20 +51,7 @@ pub async fn upgrade(
         state.metrics.upgrades_refused_total.fetch_add(1, Relaxed);
         e
     };
-    let user: UserId = user_id
-        .parse()
-        .map_err(|e| refused(ApiError::InvalidUserId(e)))?;
-    // A query that does not parse (a parameter given twice, say) is refused rather than read
-    // as "no resume", which would lose notifications silently.
-    let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
-        .map_err(|e| refused(ApiError::InvalidQuery(e.to_string())))?;
-    let resume_after: Option<StreamId> = match query.last_id.as_deref().filter(|s| !s.is_empty()) {
-        Some(id) => Some(
-            id.parse()
-                .map_err(|e| refused(ApiError::InvalidLastId(e)))?,
-        ),
-        None => None,
-    };
+    let (user, resume_after) = parse_target(&user_id, req.query_string()).map_err(refused)?;
     if *state.shutdown.borrow() {
         return Err(refused(ApiError::ShuttingDown));
     }
@@ -95,4 +96,44 @@ pub async fn upgrade(
         admission.close_at,
     ));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_and_query_give_the_user_and_the_resume_point() {
+        let user = UserId::new(42).unwrap();
+        assert_eq!(parse_target("42", "").unwrap(), (user, None));
+        assert_eq!(parse_target("42", "last_id=").unwrap(), (user, None));
+        assert_eq!(
+            parse_target("42", "last_id=1763775600123-4&token=x").unwrap(),
+            (user, Some(StreamId::new(1_763_775_600_123, 4)))
+        );
+    }
+
+    #[test]
+    fn bad_users_ids_and_queries_are_refused_not_ignored() {
+        for user in ["0", "042", "-1", "abc", "", "99999999999999999999"] {
+            assert!(
+                matches!(parse_target(user, ""), Err(ApiError::InvalidUserId(_))),
+                "{user:?}"
+            );
+        }
+        for id in ["abc", "12", "1-2-3", "-1"] {
+            assert!(
+                matches!(
+                    parse_target("1", &format!("last_id={id}")),
+                    Err(ApiError::InvalidLastId(_))
+                ),
+                "{id:?}"
+            );
+        }
+        // Given twice: which one would it be? Refused rather than guessed.
+        assert!(matches!(
+            parse_target("1", "last_id=1-0&last_id=2-0"),
+            Err(ApiError::InvalidQuery(_))
+        ));
+    }
 }
