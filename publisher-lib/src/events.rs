@@ -1,7 +1,7 @@
 //! Typed events: every notification the parking app sends today.
 //!
 //! Each [`Event`] knows its [`Level`], its dotted event name and a default English message, and
-//! turns into a [`Notification`] whose `data` holds the event's fields under their snake_case
+//! turns into a [`Notification`](crate::Notification) whose `data` holds the event's fields under their snake_case
 //! names. Prefer these over free-form notifications so browsers can rely on the names and
 //! fields listed in `docs/PROTOCOL.md`.
 //!
