@@ -14,7 +14,6 @@
 //! See docs/PERFORMANCE.md for the scenarios and how to run them on a release build.
 
 mod histogram;
-mod procfs;
 mod protocol;
 mod worker;
 
@@ -25,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::{Gateway, RedisServer};
+use e2e::{procfs, Gateway, RedisServer};
 use publisher::{Level, Notification, Publisher, PublisherOptions, UserId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
