@@ -19,6 +19,56 @@ use publisher::wire::{StreamId, UserId};
 /// Upper bound for sending the close frame, so a dead peer cannot hold the task.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The heartbeat rule: ping every `interval`; a client heard from by no frame at all (pongs
+/// included) for `idle_timeout` is given up at the next beat.
+struct Heartbeat {
+    beats: tokio::time::Interval,
+    last_heard: Instant,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Beat {
+    /// Time to ping.
+    Ping,
+    /// Nothing heard for the idle timeout.
+    Silent,
+}
+
+impl Heartbeat {
+    fn new(interval: Duration, idle_timeout: Duration) -> Self {
+        let mut beats = tokio::time::interval_at(Instant::now() + interval, interval);
+        beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Heartbeat {
+            beats,
+            last_heard: Instant::now(),
+            idle_timeout,
+        }
+    }
+
+    /// The client sent something.
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    async fn tick(&mut self) -> Beat {
+        self.beats.tick().await;
+        if self.last_heard.elapsed() >= self.idle_timeout {
+            Beat::Silent
+        } else {
+            Beat::Ping
+        }
+    }
+}
+
+/// Resolves when an expiring token's socket must close; never without an expiry.
+async fn token_expired(expiry: Option<Instant>) {
+    match expiry {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a session ended.
 enum End {
     /// We close with this code.
@@ -42,12 +92,9 @@ pub async fn run(
     } = registration;
     let limits = state.limits;
     let mut shutdown = state.shutdown.clone();
-    let mut heartbeat =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // Armed only when the socket was opened with an expiring token.
-    let expired = tokio::time::sleep_until(token_expiry.unwrap_or_else(Instant::now));
+    let mut heartbeat = Heartbeat::new(limits.ping_interval, limits.idle_timeout);
+    // Pending forever unless the socket was opened with an expiring token.
+    let expired = token_expired(token_expiry);
     tokio::pin!(expired);
 
     // Resume: replay what the client missed before anything live. Live frames queue up in
@@ -69,7 +116,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
-            _ = &mut expired, if token_expiry.is_some() => break End::Close(CloseCode::TokenExpired),
+            _ = &mut expired => break End::Close(CloseCode::TokenExpired),
             frame = outbox.recv() => match frame {
                 Some(frame) if frame.id.is_some() && frame.id <= replayed_up_to => {}
                 Some(frame) => match timeout(limits.write_timeout, session.text(frame.text.clone())).await {
@@ -84,7 +131,7 @@ pub async fn run(
                 None => break End::Close(CloseCode::SlowConsumer),
             },
             message = stream.next() => {
-                last_heard = Instant::now();
+                heartbeat.heard();
                 match message {
                     Some(Ok(AggregatedMessage::Ping(payload))) => {
                         if timeout(limits.write_timeout, session.pong(&payload)).await.is_err() {
@@ -104,8 +151,8 @@ pub async fn run(
                     None => break End::Gone,
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= limits.idle_timeout {
+            beat = heartbeat.tick() => {
+                if beat == Beat::Silent {
                     break End::Close(CloseCode::IdleTimeout);
                 }
                 if timeout(limits.write_timeout, session.ping(b"")).await.is_err() {
@@ -179,4 +226,60 @@ async fn close(
     // Dropping the session and stream ends the response body, which closes the connection.
     drop(stream);
     state.subscriptions.detach(user, socket);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PING: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(25);
+
+    /// The beats of `heartbeat` until it gives up, with the seconds since `start` of each.
+    async fn beats_until_silent(heartbeat: &mut Heartbeat, start: Instant) -> Vec<(u64, Beat)> {
+        let mut beats = Vec::new();
+        loop {
+            let beat = heartbeat.tick().await;
+            let at = start.elapsed().as_secs();
+            let silent = beat == Beat::Silent;
+            beats.push((at, beat));
+            if silent {
+                return beats;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_given_up_at_the_first_beat_past_the_idle_timeout() {
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(PING, IDLE);
+        assert_eq!(
+            beats_until_silent(&mut heartbeat, start).await,
+            vec![(10, Beat::Ping), (20, Beat::Ping), (30, Beat::Silent)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn anything_heard_from_the_client_restarts_the_idle_clock() {
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(PING, IDLE);
+        assert_eq!(heartbeat.tick().await, Beat::Ping);
+        tokio::time::sleep_until(start + Duration::from_secs(15)).await;
+        heartbeat.heard();
+        assert_eq!(
+            beats_until_silent(&mut heartbeat, start).await,
+            // Heard at 15: 40 is the first beat at least 25 s later.
+            vec![(20, Beat::Ping), (30, Beat::Ping), (40, Beat::Silent)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_closes_its_socket_at_its_expiry_and_no_token_never_does() {
+        let start = Instant::now();
+        let at = start + Duration::from_secs(3600);
+        token_expired(Some(at)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3600));
+        let never = tokio::time::timeout(Duration::from_secs(100 * 24 * 3600), token_expired(None));
+        assert!(never.await.is_err(), "no expiry: pending for ever");
+    }
 }
