@@ -130,7 +130,6 @@ pub async fn run(
     let state = AppState {
         limits: SessionLimits::new(&settings.ws, &settings.history),
         settings: settings.clone(),
-        hub,
         subscriptions,
         bus,
         metrics,

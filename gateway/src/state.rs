@@ -8,7 +8,6 @@ use tokio::sync::watch;
 use crate::auth::Gate;
 use crate::bus::Bus;
 use crate::config::{ms, HistorySettings, Settings, WsSettings};
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::subscriptions::Subscriptions;
 
@@ -17,7 +16,6 @@ use crate::subscriptions::Subscriptions;
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub limits: SessionLimits,
-    pub hub: Arc<Hub>,
     /// Attaches sockets to their user's subscription and detaches them.
     pub subscriptions: Arc<Subscriptions>,
     pub bus: Arc<dyn Bus>,

@@ -19,12 +19,12 @@ use publisher::wire::{StreamId, UserId};
 /// Upper bound for sending the close frame, so a dead peer cannot hold the task.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The heartbeat rule: ping every `interval`; a client heard from by no frame at all (pongs
-/// included) for `idle_timeout` is given up at the next beat.
+/// The heartbeat rule: ping every interval; a client heard from by no frame at all (pongs
+/// included) for the idle timeout is given up at the next beat. (The timeout is passed to
+/// [`Heartbeat::tick`] rather than stored: this lives in every idle socket's task.)
 struct Heartbeat {
     beats: tokio::time::Interval,
     last_heard: Instant,
-    idle_timeout: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -36,13 +36,12 @@ enum Beat {
 }
 
 impl Heartbeat {
-    fn new(interval: Duration, idle_timeout: Duration) -> Self {
+    fn new(interval: Duration) -> Self {
         let mut beats = tokio::time::interval_at(Instant::now() + interval, interval);
         beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Heartbeat {
             beats,
             last_heard: Instant::now(),
-            idle_timeout,
         }
     }
 
@@ -51,9 +50,9 @@ impl Heartbeat {
         self.last_heard = Instant::now();
     }
 
-    async fn tick(&mut self) -> Beat {
+    async fn tick(&mut self, idle_timeout: Duration) -> Beat {
         self.beats.tick().await;
-        if self.last_heard.elapsed() >= self.idle_timeout {
+        if self.last_heard.elapsed() >= idle_timeout {
             Beat::Silent
         } else {
             Beat::Ping
@@ -61,12 +60,13 @@ impl Heartbeat {
     }
 }
 
-/// Resolves when an expiring token's socket must close; never without an expiry.
-async fn token_expired(expiry: Option<Instant>) {
-    match expiry {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// The timer that closes a socket when its token expires, and whether it is armed (the
+/// socket was opened with an expiring token).
+fn expiry_timer(expiry: Option<Instant>) -> (tokio::time::Sleep, bool) {
+    (
+        tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)),
+        expiry.is_some(),
+    )
 }
 
 /// How a session ended.
@@ -92,9 +92,8 @@ pub async fn run(
     } = registration;
     let limits = state.limits;
     let mut shutdown = state.shutdown.clone();
-    let mut heartbeat = Heartbeat::new(limits.ping_interval, limits.idle_timeout);
-    // Pending forever unless the socket was opened with an expiring token.
-    let expired = token_expired(token_expiry);
+    let mut heartbeat = Heartbeat::new(limits.ping_interval);
+    let (expired, expires) = expiry_timer(token_expiry);
     tokio::pin!(expired);
 
     // Resume: replay what the client missed before anything live. Live frames queue up in
@@ -116,7 +115,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
-            _ = &mut expired => break End::Close(CloseCode::TokenExpired),
+            _ = &mut expired, if expires => break End::Close(CloseCode::TokenExpired),
             frame = outbox.recv() => match frame {
                 Some(frame) if frame.id.is_some() && frame.id <= replayed_up_to => {}
                 Some(frame) => match timeout(limits.write_timeout, session.text(frame.text.clone())).await {
@@ -151,7 +150,7 @@ pub async fn run(
                     None => break End::Gone,
                 }
             }
-            beat = heartbeat.tick() => {
+            beat = heartbeat.tick(limits.idle_timeout) => {
                 if beat == Beat::Silent {
                     break End::Close(CloseCode::IdleTimeout);
                 }
@@ -239,7 +238,7 @@ mod tests {
     async fn beats_until_silent(heartbeat: &mut Heartbeat, start: Instant) -> Vec<(u64, Beat)> {
         let mut beats = Vec::new();
         loop {
-            let beat = heartbeat.tick().await;
+            let beat = heartbeat.tick(IDLE).await;
             let at = start.elapsed().as_secs();
             let silent = beat == Beat::Silent;
             beats.push((at, beat));
@@ -252,7 +251,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_pinged_then_given_up_at_the_first_beat_past_the_idle_timeout() {
         let start = Instant::now();
-        let mut heartbeat = Heartbeat::new(PING, IDLE);
+        let mut heartbeat = Heartbeat::new(PING);
         assert_eq!(
             beats_until_silent(&mut heartbeat, start).await,
             vec![(10, Beat::Ping), (20, Beat::Ping), (30, Beat::Silent)]
@@ -262,8 +261,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn anything_heard_from_the_client_restarts_the_idle_clock() {
         let start = Instant::now();
-        let mut heartbeat = Heartbeat::new(PING, IDLE);
-        assert_eq!(heartbeat.tick().await, Beat::Ping);
+        let mut heartbeat = Heartbeat::new(PING);
+        assert_eq!(heartbeat.tick(IDLE).await, Beat::Ping);
         tokio::time::sleep_until(start + Duration::from_secs(15)).await;
         heartbeat.heard();
         assert_eq!(
@@ -276,10 +275,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_token_closes_its_socket_at_its_expiry_and_no_token_never_does() {
         let start = Instant::now();
-        let at = start + Duration::from_secs(3600);
-        token_expired(Some(at)).await;
+        let (timer, armed) = expiry_timer(Some(start + Duration::from_secs(3600)));
+        assert!(armed);
+        timer.await;
         assert_eq!(start.elapsed(), Duration::from_secs(3600));
-        let never = tokio::time::timeout(Duration::from_secs(100 * 24 * 3600), token_expired(None));
-        assert!(never.await.is_err(), "no expiry: pending for ever");
+        let (_, armed) = expiry_timer(None);
+        assert!(!armed, "no expiry: the timer is never selected");
     }
 }
