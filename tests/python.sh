@@ -29,6 +29,8 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${packages[@]}"
+# setuptools builds in the source folder: start clean so no deleted module is packaged.
+rm -rf clients/python/build clients/python/src/*.egg-info
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python
 
 cd clients/python
