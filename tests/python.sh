@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 
 venv=target/python-client-venv
 # Pinned so CI is repeatable. channels: the test project keeps calling
-# channels.layers.get_channel_layer(), as migrated code does; websockets: the browser stand-in.
-packages=(redis==8.1.0 pytest==9.2.0 Django==5.2.19 channels==4.3.2 websockets==17.4)
+# channels.layers.get_channel_layer(), as migrated code does; websockets: the browser stand-in;
+# ruff and mypy: the package's fmt/clippy (style, and its type hints hold, as py.typed promises).
+packages=(redis==8.1.0 pytest==9.2.0 Django==5.2.19 channels==4.3.2 websockets==17.4
+  ruff==0.17.6 mypy==2.4.1)
 
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -34,4 +36,7 @@ rm -rf clients/python/build clients/python/src/*.egg-info
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./clients/python
 
 cd clients/python
+../../"$venv"/bin/ruff format --check --quiet src tests
+../../"$venv"/bin/ruff check --quiet src tests
+../../"$venv"/bin/mypy src/notification_gateway
 exec ../../"$venv"/bin/python -m pytest -q -p no:cacheprovider tests "$@"

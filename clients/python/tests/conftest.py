@@ -48,7 +48,9 @@ def program(name: str, install: str) -> str:
 def cargo_binary(name: str) -> str:
     path = REPO / "target" / "debug" / name
     if not path.is_file():
-        pytest.fail(f"{path} not built: run `cargo build -p e2e --bin {name}` (tests/python.sh does)")
+        pytest.fail(
+            f"{path} not built: run `cargo build -p e2e --bin {name}` (tests/python.sh does)"
+        )
     return str(path)
 
 
@@ -67,8 +69,19 @@ class RedisProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [program("redis-server", "apt-get install -y redis-server"), "--port", str(self.port),
-             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
+            [
+                program("redis-server", "apt-get install -y redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -169,10 +182,17 @@ def access_token(user: int) -> str:
     """An HS256 access token shaped like djangorestframework-simplejwt's."""
     now = int(time.time())
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = _b64(json.dumps({
-        "token_type": "access", "exp": now + 300, "iat": now, "jti": os.urandom(16).hex(),
-        "user_id": user,
-    }).encode())
+    claims = _b64(
+        json.dumps(
+            {
+                "token_type": "access",
+                "exp": now + 300,
+                "iat": now,
+                "jti": os.urandom(16).hex(),
+                "user_id": user,
+            }
+        ).encode()
+    )
     signature = hmac.new(JWT_SECRET.encode(), f"{header}.{claims}".encode(), hashlib.sha256)
     return f"{header}.{claims}.{_b64(signature.digest())}"
 
@@ -207,10 +227,16 @@ class CuttingProxy:
             server = socket.create_connection(("127.0.0.1", self.target_port))
             self.sockets += [client, server]
             state = {"cutting": False}
-            threading.Thread(target=self._requests, args=(client, server, state), daemon=True).start()
-            threading.Thread(target=self._replies, args=(server, client, state), daemon=True).start()
+            threading.Thread(
+                target=self._requests, args=(client, server, state), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._replies, args=(server, client, state), daemon=True
+            ).start()
 
-    def _requests(self, client: socket.socket, server: socket.socket, state: Dict[str, bool]) -> None:
+    def _requests(
+        self, client: socket.socket, server: socket.socket, state: Dict[str, bool]
+    ) -> None:
         while True:
             try:
                 data = client.recv(65536)
@@ -227,7 +253,9 @@ class CuttingProxy:
             except OSError:
                 return
 
-    def _replies(self, server: socket.socket, client: socket.socket, state: Dict[str, bool]) -> None:
+    def _replies(
+        self, server: socket.socket, client: socket.socket, state: Dict[str, bool]
+    ) -> None:
         while True:
             try:
                 data = server.recv(65536)

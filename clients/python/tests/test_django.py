@@ -60,7 +60,9 @@ def test_a_committed_save_notifies_once_after_the_commit(django_stack: GatewayPr
         assert django_stack.redis.history(customer.pk) == [], "published before the commit"
     frame = browser.next_json()
     assert (frame["type"], frame["message"], frame["event"], frame["data"]) == (
-        "success", "Your car wash (Premium) is complete", "carwash.completed",
+        "success",
+        "Your car wash (Premium) is complete",
+        "carwash.completed",
         {"booking_id": booking.pk, "service": "Premium"},
     )
     sentinel(django_stack, customer.pk)
@@ -109,16 +111,29 @@ def test_the_layer_maps_the_common_message_shapes(django_stack: GatewayProcess) 
     browser = django_stack.socket(9004)
     group_send = async_to_sync(get_channel_layer().group_send)
     group_send("user_9004", {"type": "send_notification", "level": "warning", "message": "flat"})
-    group_send("user_9004", {"type": "send_notification", "notification": {"type": "error", "message": "nested"}})
-    group_send("user_9004", {"type": "send_notification", "event": "booking.expired",
-                             "data": {"booking_id": 5, "slot": "C-3"}})
+    group_send(
+        "user_9004",
+        {"type": "send_notification", "notification": {"type": "error", "message": "nested"}},
+    )
+    group_send(
+        "user_9004",
+        {
+            "type": "send_notification",
+            "event": "booking.expired",
+            "data": {"booking_id": 5, "slot": "C-3"},
+        },
+    )
     assert [(f["type"], f["message"]) for f in (browser.next_json() for _ in range(3))] == [
-        ("warning", "flat"), ("error", "nested"), ("info", "Your booking for slot C-3 has expired"),
+        ("warning", "flat"),
+        ("error", "nested"),
+        ("info", "Your booking for slot C-3 has expired"),
     ]
     browser.close()
 
 
-def test_what_the_layer_cannot_do_raises_an_error_naming_the_way_out(django_stack: GatewayProcess) -> None:
+def test_what_the_layer_cannot_do_raises_an_error_naming_the_way_out(
+    django_stack: GatewayProcess,
+) -> None:
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
@@ -127,7 +142,9 @@ def test_what_the_layer_cannot_do_raises_an_error_naming_the_way_out(django_stac
 
     layer = get_channel_layer()
     with pytest.raises(InvalidInput, match="notify_many"):
-        async_to_sync(layer.group_send)("lot_7_staff", {"type": "send_notification", "level": "info", "message": "x"})
+        async_to_sync(layer.group_send)(
+            "lot_7_staff", {"type": "send_notification", "level": "info", "message": "x"}
+        )
     with pytest.raises(InvalidInput, match="MESSAGE_MAPPER"):
         async_to_sync(layer.group_send)("user_9005", {"type": "chat.message", "text": "hello"})
     with pytest.raises(UnsupportedOperation, match="remove the consumer"):
@@ -168,7 +185,9 @@ def test_redis_errors_are_logged_and_counted_or_raised(
             assert notify(9007, Notification("info", "lost"), on_commit=False) is None
         assert failed_publishes() == before + 1
         assert "notification not published" in caplog.text and "9007" in caplog.text
-    with override_settings(NOTIFICATION_GATEWAY={"REDIS_URL": down.url, "TIMEOUT": 0.5, "ERROR_POLICY": "raise"}):
+    with override_settings(
+        NOTIFICATION_GATEWAY={"REDIS_URL": down.url, "TIMEOUT": 0.5, "ERROR_POLICY": "raise"}
+    ):
         with pytest.raises(RedisUnavailable):
             notify(9007, Notification("info", "lost"), on_commit=False)
 

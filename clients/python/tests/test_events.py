@@ -36,9 +36,13 @@ def test_a_typed_event_serialises_as_publisher_lib_does() -> None:
 
 
 def test_own_wording_keeps_level_name_and_data() -> None:
-    n = CashPaymentVerified(booking_id=9, amount="12.50", currency="EUR").to_notification("Paiement vérifié")
+    n = CashPaymentVerified(booking_id=9, amount="12.50", currency="EUR").to_notification(
+        "Paiement vérifié"
+    )
     assert json.loads(wire(n)) == {
-        "type": "success", "message": "Paiement vérifié", "event": "payment.cash_verified",
+        "type": "success",
+        "message": "Paiement vérifié",
+        "event": "payment.cash_verified",
         "data": {"booking_id": 9, "amount": "12.50", "currency": "EUR"},
     }
     assert "Paiement vérifié" in wire(n), "UTF-8 as is, like serde_json"
@@ -46,16 +50,25 @@ def test_own_wording_keeps_level_name_and_data() -> None:
 
 def test_a_declined_booking_without_reason_leaves_it_out() -> None:
     assert json.loads(wire(BookingDeclined(booking_id=3).to_notification())) == {
-        "type": "warning", "message": "Your booking was declined", "event": "booking.declined",
+        "type": "warning",
+        "message": "Your booking was declined",
+        "event": "booking.declined",
         "data": {"booking_id": 3},
     }
 
 
 def test_the_catalogue_has_the_ten_events_in_publisher_lib_order() -> None:
     assert list(EVENTS) == [
-        "booking.expiring_soon", "booking.expired", "booking.renewed", "booking.renewal_failed",
-        "booking.slot_auto_expired", "booking.declined", "payment.cash_verified",
-        "booking.created", "carwash.completed", "employee.assigned",
+        "booking.expiring_soon",
+        "booking.expired",
+        "booking.renewed",
+        "booking.renewal_failed",
+        "booking.slot_auto_expired",
+        "booking.declined",
+        "payment.cash_verified",
+        "booking.created",
+        "carwash.completed",
+        "employee.assigned",
     ]
     assert all(isinstance(cls.level, Level) for cls in EVENTS.values())
 
@@ -70,7 +83,11 @@ def test_the_catalogue_has_the_ten_events_in_publisher_lib_order() -> None:
         ("booking.expired", {"booking_id": -1, "slot": "A"}, "`booking_id` must be"),
         ("booking.expired", {"booking_id": 1.5, "slot": "A"}, "`booking_id` must be"),
         ("booking.expired", {"booking_id": 1, "slot": None}, "`slot` must be a string"),
-        ("booking.expiring_soon", {"booking_id": 1, "slot": "A", "minutes_left": 2**40}, "below 2^32"),
+        (
+            "booking.expiring_soon",
+            {"booking_id": 1, "slot": "A", "minutes_left": 2**40},
+            "below 2^32",
+        ),
         ("booking.declined", {"booking_id": 1, "reason": 5}, "`reason` must be"),
     ],
 )

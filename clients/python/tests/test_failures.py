@@ -58,7 +58,9 @@ def test_a_publish_whose_answer_was_lost_is_retried_without_a_duplicate(
     # The first attempt ran (Redis answered [id, 1]) and its answer was dropped with the
     # connection; the retry found it by its token and returned the same id.
     assert proxy.cut.is_set()
-    assert proxy.dropped_reply is not None and proxy.dropped_reply.startswith(b"*2\r\n"), proxy.dropped_reply
+    assert proxy.dropped_reply is not None and proxy.dropped_reply.startswith(b"*2\r\n"), (
+        proxy.dropped_reply
+    )
     assert receipt.id.encode() in proxy.dropped_reply
     history = stack.redis.history(user)
     assert [entry_id.decode() for entry_id, _ in history][1:] == [receipt.id]
@@ -153,8 +155,14 @@ def test_bad_urls_and_options_are_invalid_input() -> None:
     for url in ["http://localhost", "not a url"]:
         with pytest.raises(InvalidInput, match="invalid Redis URL"):
             Publisher(url)
-    for options in [dict(timeout=0), dict(pool_size=0), dict(retries=-1), dict(history_max_len=0),
-                    dict(history_max_age=-1), dict(timeout="2")]:
+    for options in [
+        dict(timeout=0),
+        dict(pool_size=0),
+        dict(retries=-1),
+        dict(history_max_len=0),
+        dict(history_max_age=-1),
+        dict(timeout="2"),
+    ]:
         with pytest.raises(InvalidInput):
             PublisherOptions(**options)  # type: ignore[arg-type]
     assert "hunter2" not in repr(Publisher("redis://:hunter2@localhost:6379"))

@@ -28,16 +28,28 @@ def without_id_and_timestamp(frame: str) -> str:
 def test_a_python_publish_is_the_same_frame_as_a_rust_publish(stack: GatewayProcess) -> None:
     browser = stack.socket(101)
     rust = subprocess.run(
-        [cargo_binary("notify-e2e"), "--redis", stack.redis.url, "--user", "101",
-         "--event", "booking.expiring_soon",
-         "--data", json.dumps({"booking_id": 1881, "slot": "A-12", "minutes_left": 5})],
-        capture_output=True, text=True, timeout=30,
+        [
+            cargo_binary("notify-e2e"),
+            "--redis",
+            stack.redis.url,
+            "--user",
+            "101",
+            "--event",
+            "booking.expiring_soon",
+            "--data",
+            json.dumps({"booking_id": 1881, "slot": "A-12", "minutes_left": 5}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert rust.returncode == 0, rust.stderr
     rust_frame = browser.next_text()
 
     with Publisher(stack.redis.url) as publisher:
-        receipt = publisher.publish(101, BookingExpiringSoon(booking_id=1881, slot="A-12", minutes_left=5))
+        receipt = publisher.publish(
+            101, BookingExpiringSoon(booking_id=1881, slot="A-12", minutes_left=5)
+        )
     python_frame = browser.next_text()
 
     assert receipt.receivers == 1
@@ -55,14 +67,28 @@ def test_a_python_publish_is_the_same_frame_as_a_rust_publish(stack: GatewayProc
     browser.close()
 
 
-def test_free_form_notifications_keep_their_fields_in_the_documented_order(stack: GatewayProcess) -> None:
+def test_free_form_notifications_keep_their_fields_in_the_documented_order(
+    stack: GatewayProcess,
+) -> None:
     browser = stack.socket(102)
     with Publisher(stack.redis.url) as publisher:
-        publisher.publish(102, Notification("info", "Parking B closes at 22:00", timestamp=1717171717000))
-        publisher.publish(102, Notification("error", "Payment failed", event="payment.failed",
-                                            data={"note": "déclinée", "booking_id": 7}))
+        publisher.publish(
+            102, Notification("info", "Parking B closes at 22:00", timestamp=1717171717000)
+        )
+        publisher.publish(
+            102,
+            Notification(
+                "error",
+                "Payment failed",
+                event="payment.failed",
+                data={"note": "déclinée", "booking_id": 7},
+            ),
+        )
     first = browser.next_text()
-    assert ID.sub("{", first) == '{"type":"info","message":"Parking B closes at 22:00","timestamp":1717171717000}'
+    assert (
+        ID.sub("{", first)
+        == '{"type":"info","message":"Parking B closes at 22:00","timestamp":1717171717000}'
+    )
     second = json.loads(browser.next_text())
     assert list(second) == ["id", "type", "message", "event", "data", "timestamp"]
     assert second["data"] == {"booking_id": 7, "note": "déclinée"}
@@ -87,11 +113,14 @@ def test_publish_many_reaches_each_user_once_and_nobody_else(stack: GatewayProce
         browser.close()
 
 
-def test_publish_batch_sends_each_notification_to_its_own_user_in_order(stack: GatewayProcess) -> None:
+def test_publish_batch_sends_each_notification_to_its_own_user_in_order(
+    stack: GatewayProcess,
+) -> None:
     browser = stack.socket(106)
     with Publisher(stack.redis.url) as publisher:
         receipts = publisher.publish_batch(
-            [(106, Notification("info", f"number {n}")) for n in range(5)] + [(107, Notification("info", "elsewhere"))]
+            [(106, Notification("info", f"number {n}")) for n in range(5)]
+            + [(107, Notification("info", "elsewhere"))]
         )
     assert [r.receivers for r in receipts] == [1, 1, 1, 1, 1, 0]
     for n in range(5):
@@ -110,7 +139,11 @@ def test_the_async_publisher_has_the_same_methods_and_results(stack: GatewayProc
             one = await publisher.publish(108, Notification("success", "async one"))
             many = await publisher.publish_many([108], Notification("success", "async many"))
             batch = await publisher.publish_batch([(108, Notification("success", "async batch"))])
-        for receipt, text in ((one, "async one"), (many[108], "async many"), (batch[0], "async batch")):
+        for receipt, text in (
+            (one, "async one"),
+            (many[108], "async many"),
+            (batch[0], "async batch"),
+        ):
             frame = browser.next_json()
             assert (frame["id"], frame["message"], receipt.receivers) == (receipt.id, text, 1)
 
@@ -126,6 +159,13 @@ def test_a_redis_that_forgot_the_script_gets_it_again(stack: GatewayProcess) -> 
         assert publisher.publish(109, Notification("info", "after")).receivers == 1
         stack.redis.client().script_flush()
         # A batch loads the script on its own connection before running it.
-        assert [r.receivers for r in publisher.publish_batch([(109, Notification("info", "batch"))] * 2)] == [1, 1]
-    assert [browser.next_json()["message"] for _ in range(4)] == ["before", "after", "batch", "batch"]
+        assert [
+            r.receivers for r in publisher.publish_batch([(109, Notification("info", "batch"))] * 2)
+        ] == [1, 1]
+    assert [browser.next_json()["message"] for _ in range(4)] == [
+        "before",
+        "after",
+        "batch",
+        "batch",
+    ]
     browser.close()

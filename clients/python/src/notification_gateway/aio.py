@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 import redis.exceptions as rx
 
 from . import _core
-from ._wire import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, new_token, script_args, user_id
 from ._core import NotificationLike, Receipt
+from ._wire import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, new_token, script_args, user_id
 from .errors import GatewayError, InvalidInput
 from .options import PublisherOptions
 
@@ -77,9 +77,7 @@ class AsyncPublisher:
         receipts = await self._publish_batch([(user, payload) for user in targets])
         return dict(zip(targets, receipts))
 
-    async def publish_batch(
-        self, batch: Iterable[Tuple[Any, NotificationLike]]
-    ) -> List[Receipt]:
+    async def publish_batch(self, batch: Iterable[Tuple[Any, NotificationLike]]) -> List[Receipt]:
         return await self._publish_batch(_core.prepare_batch(batch, self.options))
 
     async def _publish_one(self, user: int, payload: bytes) -> Receipt:
@@ -107,7 +105,9 @@ class AsyncPublisher:
             pipe.script_load(PUBLISH_SCRIPT)
             for (user, payload), token in zip(batch, tokens):
                 pipe.evalsha(
-                    PUBLISH_SCRIPT_SHA, 1, *script_args(user, payload, *self._history(), token, retry)
+                    PUBLISH_SCRIPT_SHA,
+                    1,
+                    *script_args(user, payload, *self._history(), token, retry),
                 )
             replies = await pipe.execute()
             return list(replies[1:])
@@ -146,4 +146,3 @@ class AsyncPublisher:
             await asyncio.sleep(backoff)
             backoff *= 2
             retry = True
-

@@ -44,7 +44,9 @@ def _sorted_keys(value: Any) -> Any:
     # publisher-lib (serde_json's map) writes object keys in sorted order: do the same, so
     # that a Python and a Rust publish of the same event are the same bytes.
     if isinstance(value, Mapping):
-        return {str(k): _sorted_keys(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {
+            str(k): _sorted_keys(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+        }
     if isinstance(value, (list, tuple)):
         return [_sorted_keys(v) for v in value]
     return value
@@ -70,9 +72,7 @@ class Notification:
         publisher-lib. Raises :class:`InvalidInput` or :class:`PayloadTooLarge`."""
         level = level_of(self.level)
         if not isinstance(self.message, str) or not self.message.strip():
-            raise InvalidInput(
-                "notification message is empty: give the user a text to read"
-            )
+            raise InvalidInput("notification message is empty: give the user a text to read")
         body: Dict[str, Any] = {"type": level.value, "message": self.message}
         if self.event is not None:
             if not isinstance(self.event, str):
@@ -83,9 +83,14 @@ class Notification:
                 raise InvalidInput(f"data must be a dict, got {type(self.data).__name__}")
             body["data"] = _sorted_keys(self.data)
         if self.timestamp is not None:
-            if isinstance(self.timestamp, bool) or not isinstance(self.timestamp, int) or self.timestamp < 0:
+            if (
+                isinstance(self.timestamp, bool)
+                or not isinstance(self.timestamp, int)
+                or self.timestamp < 0
+            ):
                 raise InvalidInput(
-                    f"timestamp must be milliseconds since the epoch (a non-negative int), got {self.timestamp!r}"
+                    "timestamp must be milliseconds since the epoch (a non-negative int), "
+                    f"got {self.timestamp!r}"
                 )
             body["timestamp"] = self.timestamp
         try:
@@ -95,7 +100,9 @@ class Notification:
         try:
             payload = text.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidInput("notification holds a lone surrogate: it is not valid UTF-8") from None
+            raise InvalidInput(
+                "notification holds a lone surrogate: it is not valid UTF-8"
+            ) from None
         if len(payload) > max_bytes:
             raise PayloadTooLarge(len(payload), max_bytes)
         return payload

@@ -10,8 +10,8 @@ import redis
 import redis.exceptions as rx
 
 from . import _core
-from ._wire import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, new_token, script_args, user_id
 from ._core import NotificationLike, Receipt
+from ._wire import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, new_token, script_args, user_id
 from .errors import InvalidInput
 from .options import PublisherOptions
 
@@ -85,7 +85,9 @@ class Publisher:
         payload = _core.serialise(notification, self.options)
         return self._publish_one(target, payload)
 
-    def publish_many(self, users: Iterable[Any], notification: NotificationLike) -> Dict[int, Receipt]:
+    def publish_many(
+        self, users: Iterable[Any], notification: NotificationLike
+    ) -> Dict[int, Receipt]:
         """Sends one notification to several users in one round trip (a pipeline), each
         with its own id and retry token. Duplicate users are sent once. Returns each user's
         receipt. The call shares one timeout: split audiences above a few thousand."""
@@ -127,7 +129,9 @@ class Publisher:
             pipe.script_load(PUBLISH_SCRIPT)
             for (user, payload), token in zip(batch, tokens):
                 pipe.evalsha(
-                    PUBLISH_SCRIPT_SHA, 1, *script_args(user, payload, *self._history(), token, retry)
+                    PUBLISH_SCRIPT_SHA,
+                    1,
+                    *script_args(user, payload, *self._history(), token, retry),
                 )
             return pipe.execute()[1:]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
 from django.db import transaction
 
@@ -31,6 +31,8 @@ from ..notification import Notification, stamped
 from .conf import gateway_settings, get_publisher
 
 logger = logging.getLogger("notification_gateway")
+
+T = TypeVar("T")
 
 _failures_lock = threading.Lock()
 _failures = 0
@@ -94,12 +96,18 @@ def _checked(notification: NotificationLike) -> Notification:
     return ready
 
 
-def _dispatch(publish: Any, users: Any, notification: Notification, on_commit: Optional[bool], using: Optional[str]) -> Any:
+def _dispatch(
+    publish: Callable[[], T],
+    users: List[int],
+    notification: Notification,
+    on_commit: Optional[bool],
+    using: Optional[str],
+) -> Optional[T]:
     config = gateway_settings()
     deferred = config["ON_COMMIT"] if on_commit is None else on_commit
     policy = config["ERROR_POLICY"]
 
-    def run() -> Any:
+    def run() -> Optional[T]:
         return publish_with_policy(publish, users, notification, policy)
 
     if deferred:
@@ -108,7 +116,9 @@ def _dispatch(publish: Any, users: Any, notification: Notification, on_commit: O
     return run()
 
 
-def publish_with_policy(publish: Any, users: Any, notification: Notification, policy: str) -> Any:
+def publish_with_policy(
+    publish: Callable[[], T], users: List[int], notification: Notification, policy: str
+) -> Optional[T]:
     """Runs ``publish()``; under the "log" policy a Redis failure is logged and counted and
     None returned, under "raise" it propagates. Bad input always raises."""
     global _failures

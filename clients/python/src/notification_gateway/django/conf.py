@@ -9,9 +9,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
+from ..errors import InvalidInput
 from ..options import PublisherOptions
 from ..publisher import Publisher
-from ..errors import InvalidInput
 
 #: Every key of ``NOTIFICATION_GATEWAY`` with its default (the README's table).
 DEFAULTS: Dict[str, Any] = {
@@ -38,7 +38,7 @@ def gateway_settings() -> Dict[str, Any]:
     key."""
     given = getattr(settings, "NOTIFICATION_GATEWAY", {})
     if not isinstance(given, dict):
-        raise ImproperlyConfigured("NOTIFICATION_GATEWAY must be a dict, e.g. {\"REDIS_URL\": ...}")
+        raise ImproperlyConfigured('NOTIFICATION_GATEWAY must be a dict, e.g. {"REDIS_URL": ...}')
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ImproperlyConfigured(
@@ -48,7 +48,8 @@ def gateway_settings() -> Dict[str, Any]:
     merged = {**DEFAULTS, **given}
     if merged["ERROR_POLICY"] not in ERROR_POLICIES:
         raise ImproperlyConfigured(
-            f"NOTIFICATION_GATEWAY['ERROR_POLICY'] must be 'log' or 'raise', got {merged['ERROR_POLICY']!r}"
+            "NOTIFICATION_GATEWAY['ERROR_POLICY'] must be 'log' or 'raise', "
+            f"got {merged['ERROR_POLICY']!r}"
         )
     return merged
 

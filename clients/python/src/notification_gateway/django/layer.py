@@ -47,7 +47,8 @@ def default_message_mapper(group: str, message: Mapping[str, Any]) -> Notificati
     """Turns a Channels message into a notification. Understands the shapes Channels code
     sends to a ``send_notification`` handler (the handler name in ``type`` is not used):
 
-    - ``{"type": "send_notification", "level": "success", "message": "Saved", "event"?: ..., "data"?: {...}}``
+    - ``{"type": "send_notification", "level": "success", "message": "Saved"}``, optionally
+      with ``"event"`` and ``"data"``;
     - ``{"type": "send_notification", "message": {"type": "success", "message": "Saved", ...}}``
       (also under ``"notification"``): the frame the consumer forwarded as it was;
     - a typed event without level: ``{"type": "send_notification", "event": "booking.expired",
@@ -66,7 +67,7 @@ def default_message_mapper(group: str, message: Mapping[str, Any]) -> Notificati
     event = body.get("event")
     data = body.get("data")
     if data is not None and not isinstance(data, Mapping):
-        raise InvalidInput(f"group_send to {group}: \"data\" must be a dict, got {data!r}")
+        raise InvalidInput(f'group_send to {group}: "data" must be a dict, got {data!r}')
     if level is None and isinstance(event, str):
         typed = Event.from_name_and_data(event, data or {})
         return typed.to_notification(text if isinstance(text, str) else None)
@@ -86,7 +87,7 @@ def user_of_group(group: str) -> int:
     """The user a ``user_<id>`` group belongs to; InvalidInput for any other group."""
     if isinstance(group, str) and group.startswith(CHANNEL_PREFIX):
         try:
-            return user_id(group[len(CHANNEL_PREFIX):])
+            return user_id(group[len(CHANNEL_PREFIX) :])
         except InvalidInput:
             pass
     raise InvalidInput(
@@ -120,7 +121,9 @@ class GatewayChannelLayer:
         try:
             self.message_mapper: MessageMapper = import_string(path)
         except ImportError as error:
-            raise ImproperlyConfigured(f"MESSAGE_MAPPER {path!r} cannot be imported: {error}") from None
+            raise ImproperlyConfigured(
+                f"MESSAGE_MAPPER {path!r} cannot be imported: {error}"
+            ) from None
 
     async def group_send(self, group: str, message: Dict[str, Any]) -> None:
         """Publishes ``message``, mapped to a notification, to the user of ``group``."""

@@ -13,8 +13,13 @@ def booking_saved(sender, instance, created, **kwargs):
     if created:
         # Old code, untouched: goes through the channel layer.
         send_ws_notification(
-            instance.lot_owner_id, "info", f"New booking at {instance.lot} by {instance.customer.username}"
+            instance.lot_owner_id,
+            "info",
+            f"New booking at {instance.lot} by {instance.customer.username}",
         )
     elif instance.status == "washed":
         # New code: a typed event, published when the transaction commits.
-        notify(instance.customer, CarWashCompleted(booking_id=instance.pk, service=instance.wash_service))
+        notify(
+            instance.customer,
+            CarWashCompleted(booking_id=instance.pk, service=instance.wash_service),
+        )

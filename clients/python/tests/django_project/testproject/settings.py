@@ -19,7 +19,8 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Before: {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [...]}}}
+# Before: {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+#                      "CONFIG": {"hosts": [("127.0.0.1", 6379)]}}}
 CHANNEL_LAYERS = {
     "default": {"BACKEND": "notification_gateway.django.GatewayChannelLayer"},
 }
