@@ -202,3 +202,43 @@ def test_settings_with_an_unknown_key_are_refused_by_name(django_stack: GatewayP
     with override_settings(NOTIFICATION_GATEWAY={"REDIS_URI": "redis://x"}):
         with pytest.raises(ImproperlyConfigured, match="REDIS_URI"):
             notify(1, Notification("info", "x"))
+
+
+def test_a_project_maps_its_own_message_shapes(django_stack: GatewayProcess) -> None:
+    from asgiref.sync import async_to_sync
+    from django.core.exceptions import ImproperlyConfigured
+
+    from notification_gateway.django import GatewayChannelLayer
+
+    browser = django_stack.socket(9008)
+    layer = GatewayChannelLayer(
+        MESSAGE_MAPPER="parking.mappers.chat_to_notification", hosts=[("127.0.0.1", 6379)]
+    )
+    async_to_sync(layer.group_send)("user_9008", {"type": "chat.message", "text": "hello"})
+    frame = browser.next_json()
+    assert (frame["message"], frame["event"]) == ("New message: hello", "chat.message")
+    browser.close()
+    with pytest.raises(ImproperlyConfigured, match="HOSTS"):
+        GatewayChannelLayer(HOSTS=[("127.0.0.1", 6379)])
+    with pytest.raises(ImproperlyConfigured, match="cannot be imported"):
+        GatewayChannelLayer(MESSAGE_MAPPER="parking.mappers.nothing_here")
+
+
+def test_the_layer_follows_the_error_policy(django_stack: GatewayProcess) -> None:
+    from asgiref.sync import async_to_sync
+    from django.test import override_settings
+
+    from notification_gateway import RedisUnavailable
+    from notification_gateway.django import GatewayChannelLayer, failed_publishes
+
+    down = RedisProcess()
+    down.kill()
+    message = {"type": "send_notification", "level": "info", "message": "lost"}
+    before = failed_publishes()
+    with override_settings(NOTIFICATION_GATEWAY={"REDIS_URL": down.url, "TIMEOUT": 0.5}):
+        async_to_sync(GatewayChannelLayer().group_send)("user_9009", message)
+        assert failed_publishes() == before + 1
+    raising = {"REDIS_URL": down.url, "TIMEOUT": 0.5, "ERROR_POLICY": "raise"}
+    with override_settings(NOTIFICATION_GATEWAY=raising):
+        with pytest.raises(RedisUnavailable):
+            async_to_sync(GatewayChannelLayer().group_send)("user_9009", message)

@@ -125,6 +125,21 @@ def test_a_redis_that_never_answers_is_a_timeout() -> None:
         silent.close()
 
 
+def test_waiting_for_a_pooled_connection_is_bounded_by_the_timeout(
+    redis_server: RedisProcess,
+) -> None:
+    options = PublisherOptions(timeout=0.3, pool_size=1)
+    with Publisher(redis_server.url, options) as publisher:
+        pool = publisher._client.connection_pool
+        held = pool.get_connection()  # the pool's only connection, busy elsewhere
+        started = time.monotonic()
+        with pytest.raises(PublishTimeout):
+            publisher.publish(1, Notification("info", "x"))
+        assert time.monotonic() - started < 3 * options.timeout
+        pool.release(held)
+        assert publisher.publish(1, Notification("info", "x")).receivers == 0
+
+
 @pytest.mark.parametrize(
     "user, notification, error, hint",
     [

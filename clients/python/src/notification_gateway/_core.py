@@ -85,7 +85,11 @@ def map_error(error: BaseException, timeout: float) -> GatewayError:
     """Sorts a redis-py error into timeout, connection broke (retryable) and Redis said no."""
     if isinstance(error, GatewayError):
         return error
-    if isinstance(error, (rx.TimeoutError, TimeoutError)):
+    # redis-py's BlockingConnectionPool says so when no connection freed up within its timeout.
+    pool_exhausted = isinstance(error, rx.ConnectionError) and "No connection available" in str(
+        error
+    )
+    if isinstance(error, (rx.TimeoutError, TimeoutError)) or pool_exhausted:
         return PublishTimeout(
             f"Redis did not answer within {timeout} s: check Redis load and network latency, "
             "or raise the timeout; the notification may or may not have been delivered"
