@@ -54,25 +54,54 @@ def cargo_binary(name: str) -> str:
     return str(path)
 
 
-class RedisProcess:
-    """A redis-server on a free loopback port; restartable on the same port."""
+def make_test_ca(directory: Path) -> Path:
+    """A CA (ca.crt) and a server certificate it signed for 127.0.0.1 (tls.crt, tls.key),
+    made with the openssl CLI in ``directory``."""
+    openssl = program("openssl", "apt-get install -y openssl")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (directory / "ext.cnf").write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    )
+    for args in (
+        ["req", "-x509", "-days", "2", *ec, "-keyout", "ca.key", "-out", "ca.crt",
+         "-subj", "/CN=python client test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-new", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "tls.crt"],
+    ):  # fmt: skip
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+    return directory / "ca.crt"
 
-    def __init__(self) -> None:
+
+class RedisProcess:
+    """A redis-server on a free loopback port; restartable on the same port. With ``tls``
+    (a folder from :func:`make_test_ca`) it serves TLS only."""
+
+    def __init__(self, tls: Optional[Path] = None) -> None:
         self.port = free_port()
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="ng-redis-")
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                     "--tls-cert-file", str(self.tls / "tls.crt"),
+                     "--tls-key-file", str(self.tls / "tls.key"),
+                     "--tls-ca-cert-file", str(self.tls / "ca.crt")]  # fmt: skip
         self.process = subprocess.Popen(
             [
                 program("redis-server", "apt-get install -y redis-server"),
-                "--port",
-                str(self.port),
+                *ports,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -96,7 +125,10 @@ class RedisProcess:
                 time.sleep(0.02)
 
     def client(self) -> "redis.Redis[bytes]":
-        return redis.Redis(port=self.port, socket_timeout=DEADLINE)
+        ca = str(self.tls / "ca.crt") if self.tls else None
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=DEADLINE, ssl=bool(ca), ssl_ca_certs=ca
+        )
 
     def kill(self) -> None:
         if self.process is not None:

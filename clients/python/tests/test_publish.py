@@ -7,15 +7,19 @@ import asyncio
 import json
 import re
 import subprocess
+from pathlib import Path
 
-from conftest import GatewayProcess, cargo_binary
+import pytest
+from conftest import GatewayProcess, RedisProcess, cargo_binary, make_test_ca
 
 from notification_gateway import (
     AsyncPublisher,
     BookingExpiringSoon,
     CarWashCompleted,
+    InvalidInput,
     Notification,
     Publisher,
+    RedisUnavailable,
 )
 
 ID = re.compile(r'^\{"id":"(\d+-\d+)",')
@@ -169,3 +173,33 @@ def test_a_redis_that_forgot_the_script_gets_it_again(stack: GatewayProcess) -> 
         "batch",
     ]
     browser.close()
+
+
+def test_a_rediss_url_with_a_private_ca(tmp_path: Path) -> None:
+    ca = make_test_ca(tmp_path)
+    server = RedisProcess(tls=tmp_path)
+    try:
+        with Publisher(server.url, tls_ca_file=str(ca)) as publisher:
+            receipt = publisher.publish(110, Notification("info", "over TLS"))
+        assert [e[0].decode() for e in server.history(110)] == [receipt.id]
+
+        async def main() -> None:
+            async with AsyncPublisher(server.url, tls_ca_file=str(ca)) as publisher:
+                await publisher.publish(110, Notification("info", "over TLS, asyncio"))
+
+        asyncio.run(main())
+        assert len(server.history(110)) == 2
+        # Without the CA the server's certificate is not trusted.
+        with Publisher(server.url) as publisher:
+            with pytest.raises(RedisUnavailable, match="certificate"):
+                publisher.publish(110, Notification("info", "x"))
+        (tmp_path / "empty.pem").write_text("no certificate here\n")
+        for url, ca_file, hint in [
+            (server.url, str(tmp_path / "empty.pem"), "holds no PEM certificate"),
+            (server.url, str(tmp_path / "missing.pem"), "cannot read"),
+            (server.url.replace("rediss://", "redis://"), str(ca), "rediss://"),
+        ]:
+            with pytest.raises(InvalidInput, match=hint):
+                Publisher(url, tls_ca_file=ca_file)
+    finally:
+        server.kill()

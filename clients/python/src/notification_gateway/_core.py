@@ -3,7 +3,7 @@ reply parsing and the error mapping. Neither does any I/O here."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, NamedTuple, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import redis.exceptions as rx
 from redis.backoff import NoBackoff
@@ -55,10 +55,14 @@ def distinct_users(users: Iterable[Any]) -> List[int]:
     return list(seen)
 
 
-def connection_kwargs(options: PublisherOptions) -> Dict[str, Any]:
+def connection_kwargs(
+    url: str, options: PublisherOptions, tls_ca_file: Optional[str]
+) -> Dict[str, Any]:
     """redis-py pool settings: every wait bounded by the timeout, and no retries of its own
     (redis-py's would resend the script without the retry flag, and could publish twice)."""
-    return {
+    if not isinstance(url, str):
+        raise InvalidInput(f"the Redis URL must be a string, got {type(url).__name__}")
+    kwargs: Dict[str, Any] = {
         "max_connections": options.pool_size,
         "timeout": options.timeout,
         "socket_timeout": options.timeout,
@@ -66,6 +70,22 @@ def connection_kwargs(options: PublisherOptions) -> Dict[str, Any]:
         "retry": Retry(NoBackoff(), 0),
         "retry_on_error": [],
     }
+    if url.startswith("rediss://"):
+        # Explicit: redis-py's defaults for these changed between versions.
+        kwargs.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+    if tls_ca_file is not None:
+        if not url.startswith("rediss://"):
+            raise InvalidInput("tls_ca_file is for a rediss:// URL (TLS); this URL is not one")
+        try:
+            with open(tls_ca_file, "rb") as pem:
+                has_certificate = b"-----BEGIN CERTIFICATE-----" in pem.read()
+        except OSError as error:
+            raise InvalidInput(f"cannot read tls_ca_file {tls_ca_file!r}: {error}") from None
+        if not has_certificate:
+            # redis-py would take it as an empty trust store and fail every connection later.
+            raise InvalidInput(f"tls_ca_file {tls_ca_file!r} holds no PEM certificate")
+        kwargs["ssl_ca_certs"] = tls_ca_file
+    return kwargs
 
 
 def receipt(reply: Any) -> Receipt:

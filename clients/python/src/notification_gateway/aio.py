@@ -23,13 +23,16 @@ class AsyncPublisher:
     asyncio connections belong to the loop that opened them)."""
 
     def __init__(
-        self, url: str = "redis://localhost:6379/0", options: Optional[PublisherOptions] = None
+        self,
+        url: str = "redis://localhost:6379/0",
+        options: Optional[PublisherOptions] = None,
+        *,
+        tls_ca_file: Optional[str] = None,
     ) -> None:
         self.options = options or PublisherOptions()
+        kwargs = _core.connection_kwargs(url, self.options, tls_ca_file)
         try:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, **_core.connection_kwargs(self.options)
-            )
+            pool = aioredis.BlockingConnectionPool.from_url(url, **kwargs)
         except (ValueError, TypeError) as error:
             raise InvalidInput(
                 f"invalid Redis URL ({error}): use redis://[user:password@]host[:port][/db], "

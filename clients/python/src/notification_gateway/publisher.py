@@ -22,6 +22,10 @@ class Publisher:
     """Sends notifications to users through Redis, with the publish script publisher-lib
     runs: each notification is stored in its user's history and published atomically.
 
+    ``url`` is ``redis://[user:password@]host[:port][/db]``, or ``rediss://...`` for TLS,
+    verified against the system's trusted roots or, with ``tls_ca_file``, against that PEM
+    CA certificate (a private CA); the server's name or IP must match its certificate.
+
     Thread-safe; build one per process and share it. Does not touch the network until the
     first call (use :meth:`ping` at start-up to fail fast).
 
@@ -31,13 +35,16 @@ class Publisher:
     """
 
     def __init__(
-        self, url: str = "redis://localhost:6379/0", options: Optional[PublisherOptions] = None
+        self,
+        url: str = "redis://localhost:6379/0",
+        options: Optional[PublisherOptions] = None,
+        *,
+        tls_ca_file: Optional[str] = None,
     ) -> None:
         self.options = options or PublisherOptions()
+        kwargs = _core.connection_kwargs(url, self.options, tls_ca_file)
         try:
-            pool = redis.BlockingConnectionPool.from_url(
-                url, **_core.connection_kwargs(self.options)
-            )
+            pool = redis.BlockingConnectionPool.from_url(url, **kwargs)
         except (ValueError, TypeError) as error:
             raise InvalidInput(
                 f"invalid Redis URL ({error}): use redis://[user:password@]host[:port][/db], "

@@ -16,6 +16,7 @@ from ..publisher import Publisher
 #: Every key of ``NOTIFICATION_GATEWAY`` with its default (the README's table).
 DEFAULTS: Dict[str, Any] = {
     "REDIS_URL": "redis://localhost:6379/0",
+    "TLS_CA_FILE": None,
     "TIMEOUT": 2.0,
     "RETRIES": 2,
     "POOL_SIZE": 8,
@@ -75,9 +76,15 @@ def get_publisher() -> Publisher:
         if _publisher is None:
             config = gateway_settings()
             try:
-                _publisher = Publisher(config["REDIS_URL"], publisher_options(config))
+                _publisher = Publisher(
+                    config["REDIS_URL"],
+                    publisher_options(config),
+                    tls_ca_file=config["TLS_CA_FILE"],
+                )
             except InvalidInput as error:
-                raise ImproperlyConfigured(f"NOTIFICATION_GATEWAY['REDIS_URL']: {error}") from None
+                raise ImproperlyConfigured(
+                    f"NOTIFICATION_GATEWAY REDIS_URL/TLS_CA_FILE: {error}"
+                ) from None
         return _publisher
 
 
