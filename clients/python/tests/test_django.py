@@ -242,3 +242,27 @@ def test_the_layer_follows_the_error_policy(django_stack: GatewayProcess) -> Non
     with override_settings(NOTIFICATION_GATEWAY=raising):
         with pytest.raises(RedisUnavailable):
             async_to_sync(GatewayChannelLayer().group_send)("user_9009", message)
+
+
+def test_notify_many_sends_once_per_user_after_the_commit(django_stack: GatewayProcess) -> None:
+    from django.db import transaction
+
+    from notification_gateway import BookingCreated
+    from notification_gateway.django import notify_many
+
+    owners = [django_stack.socket(9010), django_stack.socket(9011)]
+    event = BookingCreated(booking_id=77, lot="Harbour", customer="Dana")
+    with transaction.atomic():
+        assert notify_many([9010, 9011, 9010], event) is None
+        assert django_stack.redis.history(9010) == []
+    for user, browser in zip((9010, 9011), owners):
+        frame = browser.next_json()
+        assert (frame["event"], frame["message"]) == (
+            "booking.created",
+            "New booking at Harbour by Dana",
+        )
+        [(entry_id, _)] = django_stack.redis.history(user)
+        assert frame["id"] == entry_id.decode()
+        browser.close()
+    receipts = notify_many([9012], event, on_commit=False)
+    assert receipts is not None and list(receipts) == [9012] and receipts[9012].receivers == 0
