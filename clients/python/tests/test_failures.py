@@ -170,6 +170,13 @@ def test_bad_input_is_refused_before_anything_is_sent(
     assert redis_server.client().keys("history:*") == []
 
 
+def test_a_batch_item_that_is_not_a_pair_is_invalid_input(redis_server: RedisProcess) -> None:
+    with Publisher(redis_server.url) as publisher:
+        with pytest.raises(InvalidInput, match=r"\(user, notification\) pairs"):
+            publisher.publish_batch([(1, Notification("info", "x")), Notification("info", "y")])  # type: ignore[list-item]
+    assert redis_server.client().keys("history:*") == []
+
+
 def test_bad_urls_and_options_are_invalid_input() -> None:
     for url in ["http://localhost", "not a url"]:
         with pytest.raises(InvalidInput, match="invalid Redis URL"):

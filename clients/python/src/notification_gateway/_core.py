@@ -1,5 +1,5 @@
 """What the sync and the asyncio publisher share: input checks, redis-py connection settings,
-reply parsing and the error mapping. Neither does any I/O here."""
+reply parsing and the error mapping. No network I/O here."""
 
 from __future__ import annotations
 
@@ -45,7 +45,13 @@ def prepare_batch(
     batch: Iterable[Tuple[Any, NotificationLike]], options: PublisherOptions
 ) -> List[Tuple[int, bytes]]:
     """Every (user, payload) of a batch, all validated before anything is sent."""
-    return [(user_id(user), serialise(n, options)) for user, n in batch]
+    prepared = []
+    for item in batch:
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise InvalidInput(f"a batch holds (user, notification) pairs, got {item!r}")
+        user, notification = item
+        prepared.append((user_id(user), serialise(notification, options)))
+    return prepared
 
 
 def distinct_users(users: Iterable[Any]) -> List[int]:
