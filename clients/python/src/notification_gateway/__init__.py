@@ -4,10 +4,14 @@ The same publish script and semantics as the Rust ``publisher-lib``: every notif
 stored in its user's history and published in one atomic step, gets an id, and a retry after a
 lost answer never delivers it twice.
 
->>> from notification_gateway import Publisher, BookingExpiringSoon
->>> publisher = Publisher("redis://localhost:6379/0")                      # doctest: +SKIP
->>> publisher.publish(42, BookingExpiringSoon(booking_id=1881, slot="A-12", minutes_left=5))
-Receipt(id='1717171717000-0', receivers=1)                                 # doctest: +SKIP
+Example::
+
+    from notification_gateway import BookingExpiringSoon, Publisher
+
+    publisher = Publisher("redis://localhost:6379/0")
+    event = BookingExpiringSoon(booking_id=1881, slot="A-12", minutes_left=5)
+    receipt = publisher.publish(42, event)
+    receipt.id, receipt.receivers  # ('1717171717000-0', 1)
 
 Django projects: :mod:`notification_gateway.django` (``pip install notification-gateway[django]``);
 it is not imported here, so this package never needs Django.

@@ -29,9 +29,11 @@ class Publisher:
     Thread-safe; build one per process and share it. Does not touch the network until the
     first call (use :meth:`ping` at start-up to fail fast).
 
-    >>> publisher = Publisher("redis://localhost:6379/0")                # doctest: +SKIP
-    >>> publisher.publish(42, BookingExpired(booking_id=1881, slot="A-12"))  # doctest: +SKIP
-    Receipt(id='1717171717000-0', receivers=1)
+    Example::
+
+        publisher = Publisher("redis://localhost:6379/0")
+        publisher.publish(42, BookingExpired(booking_id=1881, slot="A-12"))
+        # Receipt(id='1717171717000-0', receivers=1)
     """
 
     def __init__(
