@@ -56,3 +56,6 @@ if ! python3 -c "import redis, yaml, jsonschema, kubernetes_validate" 2>/dev/nul
 fi
 
 cargo test --workspace --locked "$@"
+
+# The Python client (clients/python) in a virtualenv of its own.
+./tests/python.sh
