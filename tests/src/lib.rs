@@ -15,6 +15,7 @@
 //!   `wss://` clients.
 
 pub mod proxy;
+pub mod topology;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
