@@ -30,7 +30,7 @@ use redis::Script;
 use tokio::sync::{watch, Notify};
 
 use super::{BoxFuture, Bus, BusError};
-use crate::config::{ms, HistorySettings, RedisSettings};
+use crate::config::{ms, HistorySettings, RedisSettings, RedisTopology};
 use crate::history::{self, Replay, StreamState};
 use crate::hub::{Frame, Hub};
 use crate::metrics::Metrics;
@@ -117,7 +117,7 @@ impl RedisBus {
         settings: &RedisSettings,
         history: &HistorySettings,
         catch_up_limit: usize,
-        url: &str,
+        topology: &RedisTopology,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
@@ -127,15 +127,21 @@ impl RedisBus {
             max_payload_bytes: settings.max_payload_bytes,
             history_max_len: history.max_len,
             history_max_age: ms(history.max_age_ms),
+            min_replica_acks: settings.min_replica_acks,
             ..PublisherOptions::default()
         };
         let unusable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
-        let (client, publisher) = match settings.ca_file.trim() {
-            "" => (
-                redis::Client::open(url).map_err(|e| unusable(&e))?,
+        let (master, publisher) = match (topology, settings.ca_file.trim()) {
+            (RedisTopology::Sentinel(sentinel), _) => {
+                let publisher = Publisher::with_sentinel(sentinel.clone(), options)
+                    .map_err(|e| unusable(&e))?;
+                (Master::Sentinel(publisher.clone()), publisher)
+            }
+            (RedisTopology::Single(url), "") => (
+                Master::Fixed(redis::Client::open(url.as_str()).map_err(|e| unusable(&e))?),
                 Publisher::with_options(url, options).map_err(|e| unusable(&e))?,
             ),
-            path => {
+            (RedisTopology::Single(url), path) => {
                 let ca_pem = std::fs::read(path).map_err(|e| {
                     unusable(&format!("configuration key `redis.ca_file`: {path:?}: {e}"))
                 })?;
@@ -144,13 +150,16 @@ impl RedisBus {
                     root_cert: Some(ca_pem.clone()),
                 };
                 (
-                    redis::Client::build_with_tls(url, certificates).map_err(|e| unusable(&e))?,
+                    Master::Fixed(
+                        redis::Client::build_with_tls(url.as_str(), certificates)
+                            .map_err(|e| unusable(&e))?,
+                    ),
                     Publisher::with_tls_ca(url, &ca_pem, options).map_err(|e| unusable(&e))?,
                 )
             }
         };
         let reader = HistoryReader {
-            pool: publisher.pool().clone(),
+            publisher: publisher.clone(),
             timeout: ms(history.read_timeout_ms),
             max_age_ms: history.max_age_ms,
         };
@@ -176,10 +185,10 @@ impl RedisBus {
             history: reader.clone(),
             catch_up_limit,
         };
-        tokio::spawn(subscriber.run(client, shutdown.clone()));
+        tokio::spawn(subscriber.run(master, shutdown.clone()));
         tokio::spawn(send_canaries(
             shared.clone(),
-            reader.pool.clone(),
+            publisher.clone(),
             ms(settings.canary_interval_ms),
             shutdown,
         ));
@@ -256,10 +265,42 @@ impl Bus for RedisBus {
     }
 }
 
-/// Reads users' history streams through the pool.
+/// Where the subscriber connects: a fixed server, or wherever the sentinels say the master is
+/// (asked again on every reconnect).
+enum Master {
+    Fixed(redis::Client),
+    Sentinel(Publisher),
+}
+
+impl Master {
+    async fn client(&self) -> Result<redis::Client, String> {
+        match self {
+            Master::Fixed(client) => Ok(client.clone()),
+            Master::Sentinel(publisher) => match publisher.master_client().await {
+                Ok(Some(client)) => Ok(client),
+                Ok(None) => Err("no master known".into()),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    }
+
+    /// Whether the sentinels now name another master than `connected`: a failover the
+    /// subscriber did not notice as a broken link (the old master demoted, not dead).
+    async fn moved_from(&self, connected: &redis::ConnectionAddr) -> bool {
+        match self {
+            Master::Fixed(_) => false,
+            Master::Sentinel(_) => self
+                .client()
+                .await
+                .is_ok_and(|now| now.get_connection_info().addr() != connected),
+        }
+    }
+}
+
+/// Reads users' history streams through the publisher's pool.
 #[derive(Clone)]
 struct HistoryReader {
-    pool: deadpool_redis::Pool,
+    publisher: Publisher,
     timeout: Duration,
     max_age_ms: u64,
 }
@@ -271,8 +312,8 @@ impl HistoryReader {
     async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, BusError> {
         let run = async {
             let mut conn = self
-                .pool
-                .get()
+                .publisher
+                .connection()
                 .await
                 .map_err(|e| BusError::Unavailable(e.to_string()))?;
             let mut result = pipe.query_async(&mut conn).await;
@@ -400,21 +441,29 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    async fn run(self, client: redis::Client, mut shutdown: watch::Receiver<bool>) {
+    async fn run(self, master: Master, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = self.timing.reconnect_min;
         let mut ever_connected = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            match tokio::time::timeout(self.timing.ping_interval, client.get_async_pubsub()).await {
-                Ok(Ok(pubsub)) => {
+            let connect = async {
+                let client = master
+                    .client()
+                    .await
+                    .map_err(|e| redis::RedisError::from((redis::ErrorKind::Io, "no master", e)))?;
+                let pubsub = client.get_async_pubsub().await?;
+                Ok::<_, redis::RedisError>((pubsub, client.get_connection_info().addr().clone()))
+            };
+            match tokio::time::timeout(self.timing.ping_interval, connect).await {
+                Ok(Ok((pubsub, addr))) => {
                     if ever_connected {
                         self.metrics.redis_reconnects_total.fetch_add(1, Relaxed);
                     }
                     ever_connected = true;
                     backoff = self.timing.reconnect_min;
-                    let outcome = self.serve(pubsub, &mut shutdown).await;
+                    let outcome = self.serve(pubsub, &master, &addr, &mut shutdown).await;
                     self.shared.connected.store(false, Relaxed);
                     self.metrics.redis_connected.store(0, Relaxed);
                     self.metrics.subscriptions.store(0, Relaxed);
@@ -440,6 +489,8 @@ impl Subscriber {
     async fn serve(
         &self,
         pubsub: redis::aio::PubSub,
+        master: &Master,
+        addr: &redis::ConnectionAddr,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
         let (mut sink, mut stream) = pubsub.split();
@@ -542,6 +593,9 @@ impl Subscriber {
                         Ok(Err(error)) => return Err(format!("ping failed: {error}")),
                         Err(_) => return Err("ping timed out".into()),
                     }
+                    if tokio::time::timeout(self.timing.ping_interval, master.moved_from(addr)).await == Ok(true) {
+                        return Err(format!("the master moved away from {addr}"));
+                    }
                 }
                 _ = shutdown.changed() => return Ok(()),
             }
@@ -601,7 +655,7 @@ impl Subscriber {
 /// up. One that fails to publish counts as unanswered too: the node cannot reach Redis.
 async fn send_canaries(
     shared: Arc<Shared>,
-    pool: deadpool_redis::Pool,
+    publisher: Publisher,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -625,7 +679,7 @@ async fn send_canaries(
             seq
         };
         let publish = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = publisher.connection().await.map_err(|e| e.to_string())?;
             redis::cmd("PUBLISH")
                 .arg(&shared.canary_channel)
                 .arg(seq)
