@@ -20,6 +20,8 @@ pub const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
 /// same port with the same arguments (and so the same `nodes.conf` for cluster nodes).
 pub struct RedisNode {
     pub port: u16,
+    /// `requirepass` of a data node, or of a sentinel.
+    pub password: Option<String>,
     args: Vec<String>,
     dir: TempDir,
     child: Option<Child>,
@@ -27,8 +29,18 @@ pub struct RedisNode {
 
 impl RedisNode {
     fn start(label: &str, port: u16, args: Vec<String>) -> Self {
+        Self::start_with_password(label, port, args, None)
+    }
+
+    fn start_with_password(
+        label: &str,
+        port: u16,
+        args: Vec<String>,
+        password: Option<String>,
+    ) -> Self {
         let mut node = RedisNode {
             port,
+            password,
             args,
             dir: TempDir::new(label),
             child: None,
@@ -63,7 +75,14 @@ impl RedisNode {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!(
+                "redis://:{}@127.0.0.1:{}",
+                percent_encode(password),
+                self.port
+            ),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -136,6 +155,18 @@ impl Drop for RedisNode {
     }
 }
 
+/// For passwords in URLs.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Polls `done` every 20 ms until it holds; panics naming `what` after `deadline`.
 pub fn wait_until(deadline: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + deadline;
@@ -171,9 +202,23 @@ impl SentinelSet {
     /// replicas are in sync and every sentinel knows the replicas and the other sentinels
     /// (until then a failover could not happen).
     pub fn start(replicas: usize) -> Self {
-        let mut servers = vec![data_node("sentinel-master", None)];
+        Self::start_secured(replicas, None, None)
+    }
+
+    /// Like [`SentinelSet::start`], with `password` required by the data nodes (and given by
+    /// replicas and sentinels to their master) and `sentinel_password` by the sentinels.
+    pub fn start_secured(
+        replicas: usize,
+        password: Option<&str>,
+        sentinel_password: Option<&str>,
+    ) -> Self {
+        let mut servers = vec![data_node("sentinel-master", None, password)];
         for _ in 0..replicas {
-            servers.push(data_node("sentinel-replica", Some(servers[0].port)));
+            servers.push(data_node(
+                "sentinel-replica",
+                Some(servers[0].port),
+                password,
+            ));
         }
         let mut sentinels = Vec::new();
         for _ in 0..3 {
@@ -181,22 +226,27 @@ impl SentinelSet {
             let dir = TempDir::new("sentinel");
             // A sentinel rewrites its configuration file: it must be writable and its own.
             let config = dir.0.join("sentinel.conf");
-            std::fs::write(
-                &config,
-                format!(
-                    "port {port}\nbind 127.0.0.1\n\
-                     sentinel monitor {name} 127.0.0.1 {master} 2\n\
-                     sentinel down-after-milliseconds {name} 1000\n\
-                     sentinel failover-timeout {name} 3000\n\
-                     sentinel parallel-syncs {name} 2\n",
-                    name = Self::MASTER_NAME,
-                    master = servers[0].port,
-                ),
-            )
-            .expect("writing sentinel.conf");
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor {name} 127.0.0.1 {master} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 3000\n\
+                 sentinel parallel-syncs {name} 2\n",
+                name = Self::MASTER_NAME,
+                master = servers[0].port,
+            );
+            if let Some(password) = password {
+                text += &format!("sentinel auth-pass {} {password:?}\n", Self::MASTER_NAME);
+            }
+            if let Some(password) = sentinel_password {
+                // Sentinels authenticate to each other with their own requirepass.
+                text += &format!("requirepass {password:?}\n");
+            }
+            std::fs::write(&config, text).expect("writing sentinel.conf");
             let args = vec![config.display().to_string(), "--sentinel".to_owned()];
             let mut node = RedisNode {
                 port,
+                password: sentinel_password.map(str::to_owned),
                 args,
                 dir,
                 child: None,
@@ -292,8 +342,9 @@ impl SentinelSet {
     }
 }
 
-/// A data node on a free port, replicating `replica_of` when given.
-fn data_node(label: &str, replica_of: Option<u16>) -> RedisNode {
+/// A data node on a free port, replicating `replica_of` when given, requiring `password`
+/// (and giving it to its master) when given.
+fn data_node(label: &str, replica_of: Option<u16>, password: Option<&str>) -> RedisNode {
     let port = free_port();
     let mut args = server_args(port);
     if let Some(master) = replica_of {
@@ -303,7 +354,12 @@ fn data_node(label: &str, replica_of: Option<u16>) -> RedisNode {
             master.to_string(),
         ]);
     }
-    RedisNode::start(label, port, args)
+    if let Some(password) = password {
+        for flag in ["--requirepass", "--masterauth"] {
+            args.extend([flag.to_owned(), password.to_owned()]);
+        }
+    }
+    RedisNode::start_with_password(label, port, args, password.map(str::to_owned))
 }
 
 // ---------------------------------------------------------------------------------------
