@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::net::{IpNet, OriginPattern};
+
 /// The compiled-in defaults, also shipped as the documented example file.
 pub const DEFAULT_TOML: &str = include_str!("../config.default.toml");
 
@@ -38,6 +40,9 @@ pub struct ServerSettings {
     pub max_url_bytes: usize,
     pub max_header_bytes: usize,
     pub trusted_proxies: Vec<String>,
+    /// `trusted_proxies` parsed, filled when the settings are loaded.
+    #[serde(skip)]
+    pub proxy_ranges: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +143,9 @@ pub struct AuthSettings {
 pub struct OriginSettings {
     pub allowed: Vec<String>,
     pub allow_missing: bool,
+    /// `allowed` parsed, filled when the settings are loaded.
+    #[serde(skip)]
+    pub patterns: Vec<OriginPattern>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -199,18 +207,13 @@ impl Settings {
             .with_list_parse_key("publish.api_keys")
             .with_list_parse_key("origin.allowed")
             .with_list_parse_key("server.trusted_proxies");
-        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         settings.validate()?;
+        settings.parse_lists()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                problem: problem.into(),
-            }
-        }
         let url = self.redis.url.trim();
         if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(invalid(
@@ -308,12 +311,6 @@ impl Settings {
 
     /// `[auth]`, `[origin]`, the connection limits of `[server]` and `redis.ca_file`.
     fn validate_security(&self) -> Result<(), ConfigError> {
-        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                problem: problem.into(),
-            }
-        }
         let server = &self.server;
         if server.max_sockets_per_user == 0 {
             return Err(invalid("server.max_sockets_per_user", "must be at least 1"));
@@ -329,14 +326,6 @@ impl Settings {
         }
         if server.max_header_bytes < 1024 {
             return Err(invalid("server.max_header_bytes", "must be at least 1024"));
-        }
-        for proxy in &server.trusted_proxies {
-            crate::auth::IpNet::parse(proxy)
-                .map_err(|problem| invalid("server.trusted_proxies", problem))?;
-        }
-        for origin in &self.origin.allowed {
-            crate::auth::OriginPattern::parse(origin)
-                .map_err(|problem| invalid("origin.allowed", problem))?;
         }
 
         let ca_file = self.redis.ca_file.trim();
@@ -429,6 +418,26 @@ impl Settings {
     }
 
     /// `None` in single-node mode.
+    /// Parses `server.trusted_proxies` and `origin.allowed` into the values [`crate::auth`]
+    /// matches requests against. Call again after changing either list.
+    pub fn parse_lists(&mut self) -> Result<(), ConfigError> {
+        self.server.proxy_ranges = self
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|p| IpNet::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(|problem| invalid("server.trusted_proxies", problem))?;
+        self.origin.patterns = self
+            .origin
+            .allowed
+            .iter()
+            .map(|o| OriginPattern::parse(o))
+            .collect::<Result<_, _>>()
+            .map_err(|problem| invalid("origin.allowed", problem))?;
+        Ok(())
+    }
+
     pub fn redis_url(&self) -> Option<&str> {
         Some(self.redis.url.trim()).filter(|u| !u.is_empty())
     }
@@ -553,6 +562,14 @@ pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// A refused value, named by its key.
+pub fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        problem: problem.into(),
+    }
 }
 
 /// Milliseconds from configuration as a [`Duration`].

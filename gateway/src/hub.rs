@@ -88,15 +88,10 @@ impl Hub {
         self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a socket for `user`. Returns its registration and whether the user is new to this
-    /// node (the bus must then subscribe).
-    pub fn register(&self, user: UserId) -> (Registration, bool) {
-        self.try_register(user, usize::MAX)
-            .expect("no limit to exceed")
-    }
-
-    /// Like [`Hub::register`], unless `user` already has `max_sockets` sockets here: `None`.
-    pub fn try_register(&self, user: UserId, max_sockets: usize) -> Option<(Registration, bool)> {
+    /// Adds a socket for `user`, unless `user` already has `max_sockets` sockets here: `None`.
+    /// Sockets are attached through [`crate::subscriptions::Subscriptions`], which tells the
+    /// bus.
+    pub fn try_register(&self, user: UserId, max_sockets: usize) -> Option<Registration> {
         let mut shard = self.shard(user);
         let first = !shard.contains_key(&user);
         let entry = shard.entry(user).or_default();
@@ -112,14 +107,11 @@ impl Hub {
         }
         self.metrics.sockets_open.fetch_add(1, Relaxed);
         self.metrics.sockets_opened_total.fetch_add(1, Relaxed);
-        Some((
-            Registration {
-                user,
-                socket,
-                outbox,
-            },
-            first,
-        ))
+        Some(Registration {
+            user,
+            socket,
+            outbox,
+        })
     }
 
     /// Removes a socket (it may already be gone if fan-out evicted it). Returns true when the
@@ -151,11 +143,6 @@ impl Hub {
     /// Whether this node needs `user`'s channel.
     pub fn wants(&self, user: UserId) -> bool {
         self.shard(user).contains_key(&user)
-    }
-
-    /// Every user this node needs, for a full re-subscription after a bus reconnect.
-    pub fn users(&self) -> Vec<UserId> {
-        self.cursors().into_iter().map(|(user, _)| user).collect()
     }
 
     /// Every user this node needs, with the newest history id delivered to it here.
@@ -278,16 +265,20 @@ mod tests {
         UserId::new(id).unwrap()
     }
 
+    /// A socket without a per-user limit.
+    fn register(hub: &Hub, user: UserId) -> Registration {
+        hub.try_register(user, usize::MAX).unwrap()
+    }
+
     const NOTE: &[u8] = br#"{"type":"info","message":"hi"}"#;
 
     #[test]
     fn every_socket_of_a_user_and_no_other_gets_the_frame() {
         let hub = hub(4);
-        let (mut a1, first) = hub.register(user(1));
-        assert!(first);
-        let (mut a2, first) = hub.register(user(1));
-        assert!(!first);
-        let (mut b, _) = hub.register(user(2));
+        let mut a1 = register(&hub, user(1));
+        let mut a2 = register(&hub, user(1));
+        let mut b = register(&hub, user(2));
+        assert_eq!(hub.metrics.users.load(Relaxed), 2, "users, not sockets");
         assert_eq!(hub.deliver(user(1), NOTE), 2);
         assert_eq!(a1.outbox.try_recv().unwrap().text.as_bytes(), NOTE);
         assert_eq!(a2.outbox.try_recv().unwrap().text.as_bytes(), NOTE);
@@ -297,11 +288,15 @@ mod tests {
     #[test]
     fn last_socket_leaving_releases_the_user_only_when_idle() {
         let hub = hub(4);
-        let (a, _) = hub.register(user(1));
+        let a = register(&hub, user(1));
         assert!(hub.unregister(user(1), a.socket));
         assert!(hub.wants(user(1)), "lingers until released");
-        let (b, first) = hub.register(user(1));
-        assert!(!first, "a quick reconnect reuses the subscription");
+        let b = register(&hub, user(1));
+        assert_eq!(
+            hub.metrics.users.load(Relaxed),
+            1,
+            "a quick reconnect reuses the user"
+        );
         assert!(!hub.release_if_idle(user(1)));
         assert!(hub.unregister(user(1), b.socket));
         assert!(hub.release_if_idle(user(1)));
@@ -311,8 +306,8 @@ mod tests {
     #[test]
     fn a_user_at_the_socket_limit_gets_no_more() {
         let hub = hub(4);
-        let (a, _) = hub.try_register(user(1), 2).unwrap();
-        let (_b, _) = hub.try_register(user(1), 2).unwrap();
+        let a = hub.try_register(user(1), 2).unwrap();
+        let _b = hub.try_register(user(1), 2).unwrap();
         assert!(hub.try_register(user(1), 2).is_none());
         assert!(
             hub.try_register(user(2), 2).is_some(),
@@ -329,8 +324,8 @@ mod tests {
     #[test]
     fn a_full_queue_evicts_only_that_socket() {
         let hub = hub(1);
-        let (mut slow, _) = hub.register(user(1));
-        let (mut fast, _) = hub.register(user(1));
+        let mut slow = register(&hub, user(1));
+        let mut fast = register(&hub, user(1));
         assert_eq!(hub.deliver(user(1), NOTE), 2);
         fast.outbox.try_recv().unwrap();
         assert_eq!(
@@ -350,7 +345,7 @@ mod tests {
     #[test]
     fn frames_at_or_below_the_cursor_are_duplicates() {
         let hub = hub(8);
-        let (mut a, _) = hub.register(user(1));
+        let mut a = register(&hub, user(1));
         hub.advance_cursor(user(1), StreamId::new(10, 0));
         let note = |id: &str| format!(r#"{{"id":"{id}","type":"info","message":"m"}}"#);
         assert_eq!(
@@ -373,7 +368,7 @@ mod tests {
     fn a_payload_at_the_limit_still_fits_with_its_id() {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(4, 64, metrics);
-        let (mut a, _) = hub.register(user(1));
+        let mut a = register(&hub, user(1));
         let body = format!(r#"{{"type":"info","message":"{}"}}"#, "m".repeat(64 - 28));
         assert_eq!(body.len(), 64, "exactly the publisher's limit");
         let framed = wire::with_id(StreamId::new(u64::MAX, u64::MAX), body.as_bytes()).unwrap();
@@ -384,7 +379,7 @@ mod tests {
     #[test]
     fn a_missed_frame_resets_the_cursor_and_is_always_delivered() {
         let hub = hub(8);
-        let (mut a, _) = hub.register(user(1));
+        let mut a = register(&hub, user(1));
         hub.advance_cursor(user(1), StreamId::new(50, 0));
         let missed = crate::history::missed_frame(StreamId::new(50, 0), StreamId::new(10, 0));
         assert_eq!(hub.deliver_missed(user(1), missed), 1);
@@ -398,7 +393,7 @@ mod tests {
     #[test]
     fn malformed_payloads_are_counted_not_delivered() {
         let hub = hub(4);
-        let (mut a, _) = hub.register(user(1));
+        let mut a = register(&hub, user(1));
         assert_eq!(hub.deliver(user(1), b"{oops"), 0);
         assert_eq!(hub.deliver(user(1), &[b'x'; 2048]), 0);
         assert!(a.outbox.try_recv().is_err());

@@ -7,18 +7,27 @@
 //! ```text
 //!  Redis ──(one pub/sub connection per node)──▶ bus ──deliver──▶ hub ──try_send──▶ socket queue
 //!                                               ▲                  │                   │
-//!                   interest_changed (first/last socket of a user) ┘       session task ▼
+//!     subscriptions: interest_changed (first/last socket of a user) ┘     session task ▼
 //!                                                                              WebSocket
 //! ```
 //!
+//! - [`config`]: layered settings (defaults < file < `GW__*` environment), validated; the
+//!   origin and proxy lists parsed once into [`net`] values.
 //! - [`auth`]: who may open which socket (origin, JWT), checked before the upgrade.
-//! - [`config`]: layered settings (defaults < file < `GW__*` environment), validated.
-//! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out) or
-//!   [`bus::memory`] (single node), behind one trait.
+//! - [`state`]: what every handler and socket task shares ([`state::AppState`]).
+//! - [`error`]: every refusal and its HTTP answer ([`error::ApiError`]), for `http` and `ws`.
+//! - [`subscriptions`]: a user's subscription from its first socket to the linger after its
+//!   last (attach/detach); tells the bus when the hub's interest changes.
 //! - [`hub`]: the local registry of users and sockets, and the non-blocking fan-out.
+//! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out: connection,
+//!   subscriber, history and canary rooms) or [`bus::memory`] (single node), behind one trait.
+//! - [`history`]: replay planning, the missed frame, the in-memory history.
 //! - [`ws`]: the upgrade handler, the per-socket task, and the close codes.
-//! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`) and error mapping.
+//! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`, the inbox).
 //! - [`metrics`]: counters rendered for Prometheus.
+//!
+//! Dependencies point one way: `http` → `ws` → `subscriptions` → `hub`/`bus`; `state` and
+//! `error` are used by both `http` and `ws`; `config` and `auth` meet only in `net`.
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments, loads the configuration and
 //! installs logging.
@@ -26,10 +35,14 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod error;
 pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod net;
+pub mod state;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod ws;
 
@@ -43,10 +56,10 @@ use tokio::sync::watch;
 use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
 use crate::config::{ms, RedisTopology, Settings};
 use crate::history::MemoryHistory;
-use crate::http::AppState;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::ws::SessionLimits;
+use crate::state::{AppState, SessionLimits};
+use crate::subscriptions::Subscriptions;
 
 /// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
 /// function returns within `server.drain_timeout_ms`.
@@ -117,10 +130,16 @@ pub async fn run(
         }
     };
 
+    let subscriptions = Arc::new(Subscriptions::new(
+        hub.clone(),
+        bus.clone(),
+        ms(settings.ws.unsubscribe_linger_ms),
+        ms(settings.redis.subscribe_timeout_ms),
+    ));
     let state = AppState {
         limits: SessionLimits::new(&settings.ws, &settings.history),
         settings: settings.clone(),
-        hub,
+        subscriptions,
         bus,
         metrics,
         gate,

@@ -1,7 +1,7 @@
 //! Typed events: every notification the parking app sends today.
 //!
 //! Each [`Event`] knows its [`Level`], its dotted event name and a default English message, and
-//! turns into a [`Notification`] whose `data` holds the event's fields under their snake_case
+//! turns into a [`Notification`](crate::Notification) whose `data` holds the event's fields under their snake_case
 //! names. Prefer these over free-form notifications so browsers can rely on the names and
 //! fields listed in `docs/PROTOCOL.md`.
 //!
@@ -25,341 +25,214 @@
 
 use serde_json::{Map, Value};
 
-use crate::notification::Notification;
 use crate::wire::Level;
 
-/// A notification the parking app sends, with its structured fields.
-///
-/// Ids are database ids (`u64`); amounts are decimal text (`"12.50"`) so no precision is lost;
-/// times are ISO 8601 text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// The user's booking ends soon. Level warning, `booking.expiring_soon`.
-    BookingExpiringSoon {
-        booking_id: u64,
-        slot: String,
-        minutes_left: u32,
-    },
-    /// The user's booking has ended. Level info, `booking.expired`.
-    BookingExpired { booking_id: u64, slot: String },
-    /// The booking was extended. Level success, `booking.renewed`.
-    BookingRenewed {
-        booking_id: u64,
-        /// New end time, ISO 8601 (e.g. `"2025-06-01T18:30:00+02:00"`).
-        new_end: String,
-    },
-    /// Extending the booking failed. Level error, `booking.renewal_failed`.
-    BookingRenewalFailed { booking_id: u64, reason: String },
-    /// The system released the slot because the booking ran out. Level warning,
-    /// `booking.slot_auto_expired`.
-    SlotAutoExpired { booking_id: u64, slot: String },
-    /// The lot owner declined the booking. Level warning, `booking.declined`.
-    /// `reason` is left out of `data` when `None`.
-    BookingDeclined {
-        booking_id: u64,
-        reason: Option<String>,
-    },
-    /// Staff confirmed a cash payment. Level success, `payment.cash_verified`.
-    CashPaymentVerified {
-        booking_id: u64,
-        /// Decimal text, e.g. `"12.50"`.
-        amount: String,
-        /// ISO 4217 code, e.g. `"EUR"`.
-        currency: String,
-    },
-    /// Sent to the lot owner when a customer books. Level info, `booking.created`.
-    BookingCreated {
-        booking_id: u64,
-        lot: String,
-        customer: String,
-    },
-    /// The car wash ordered with a booking is done. Level success, `carwash.completed`.
-    CarWashCompleted { booking_id: u64, service: String },
-    /// Sent to the lot owner when an employee is assigned to a lot. Level info,
-    /// `employee.assigned`.
-    EmployeeAssigned {
-        employee_id: u64,
-        employee_name: String,
-        lot: String,
-    },
+/// Declares [`Event`] and everything derived from its table: level, name, default message,
+/// `data` and parsing from a name and `data`. Field kinds: `id` (`u64`), `count` (`u32`),
+/// `text` (`String`) and `optional_text` (`Option<String>`, left out of `data` when `None`).
+macro_rules! events {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident($name:literal, $level:ident) {
+            $( $(#[$field_doc:meta])* $field:ident: $kind:ident ),* $(,)?
+        } => $message:block
+    )*) => {
+        /// A notification the parking app sends, with its structured fields.
+        ///
+        /// Ids are database ids (`u64`); amounts are decimal text (`"12.50"`) so no precision is lost;
+        /// times are ISO 8601 text.
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum Event {
+            $(
+                $(#[$doc])*
+                $variant { $( $(#[$field_doc])* $field: field_type!($kind) ),* },
+            )*
+        }
+
+        impl Event {
+            /// Every event name, in declaration order.
+            pub const NAMES: [&'static str; [$($name),*].len()] = [$($name),*];
+
+            /// The severity the browser shows.
+            pub fn level(&self) -> Level {
+                match self {
+                    $( Event::$variant { .. } => Level::$level, )*
+                }
+            }
+
+            /// The dotted event name that goes in the notification's `event` field.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Event::$variant { .. } => $name, )*
+                }
+            }
+
+            /// The English text shown when the caller gives none.
+            pub fn default_message(&self) -> String {
+                match self {
+                    $(
+                        #[allow(unused_variables)]
+                        Event::$variant { $($field),* } => $message,
+                    )*
+                }
+            }
+
+            /// The event's fields as the notification's `data` object.
+            pub fn data(&self) -> Map<String, Value> {
+                // Keys are the Rust field names; docs/PROTOCOL.md lists them for other languages.
+                let mut data = Map::new();
+                match self {
+                    $(
+                        Event::$variant { $($field),* } => {
+                            $(
+                                if let Some(value) = data_value!($kind, $field) {
+                                    data.insert(stringify!($field).to_owned(), value);
+                                }
+                            )*
+                        }
+                    )*
+                }
+                data
+            }
+
+            /// The event called `name` (one of [`Event::NAMES`]) with the fields in `data`, as
+            /// services in other languages send them through the HTTP endpoint or the `notify` CLI.
+            ///
+            /// Strict, so that a typo is an error instead of a notification with a missing field:
+            /// every field of the event must be present with its JSON type (ids are non-negative
+            /// integers, the rest strings; `booking.declined`'s `reason` may be absent or `null`) and
+            /// no other field may be given.
+            pub fn from_name_and_data(
+                name: &str,
+                data: &Map<String, Value>,
+            ) -> Result<Event, EventError> {
+                Ok(match name {
+                    $(
+                        $name => {
+                            let f = Fields::new(
+                                $name,
+                                &[$(stringify!($field)),*],
+                                &[$(required!($kind)),*],
+                                data,
+                            )?;
+                            Event::$variant { $( $field: f.$kind(stringify!($field))? ),* }
+                        }
+                    )*
+                    _ => {
+                        return Err(EventError::UnknownEvent {
+                            name: name.to_owned(),
+                        })
+                    }
+                })
+            }
+        }
+    };
 }
 
-impl Event {
-    /// The severity the browser shows.
-    pub fn level(&self) -> Level {
-        match self {
-            Event::BookingExpiringSoon { .. } => Level::Warning,
-            Event::BookingExpired { .. } => Level::Info,
-            Event::BookingRenewed { .. } => Level::Success,
-            Event::BookingRenewalFailed { .. } => Level::Error,
-            Event::SlotAutoExpired { .. } => Level::Warning,
-            Event::BookingDeclined { .. } => Level::Warning,
-            Event::CashPaymentVerified { .. } => Level::Success,
-            Event::BookingCreated { .. } => Level::Info,
-            Event::CarWashCompleted { .. } => Level::Success,
-            Event::EmployeeAssigned { .. } => Level::Info,
+macro_rules! field_type {
+    (id) => { u64 };
+    (count) => { u32 };
+    (text) => { String };
+    (optional_text) => { Option<String> };
+}
+
+macro_rules! data_value {
+    (id, $value:expr) => {
+        Some(Value::from(*$value))
+    };
+    (count, $value:expr) => {
+        Some(Value::from(*$value))
+    };
+    (text, $value:expr) => {
+        Some(Value::from($value.as_str()))
+    };
+    (optional_text, $value:expr) => {
+        $value.as_deref().map(Value::from)
+    };
+}
+
+macro_rules! required {
+    (optional_text) => {
+        false
+    };
+    ($kind:ident) => {
+        true
+    };
+}
+
+events! {
+    /// The user's booking ends soon. Level warning, `booking.expiring_soon`.
+    BookingExpiringSoon("booking.expiring_soon", Warning) {
+        booking_id: id,
+        slot: text,
+        minutes_left: count,
+    } => {
+        let unit = if *minutes_left == 1 { "minute" } else { "minutes" };
+        format!("Your booking for slot {slot} expires in {minutes_left} {unit}")
+    }
+    /// The user's booking has ended. Level info, `booking.expired`.
+    BookingExpired("booking.expired", Info) { booking_id: id, slot: text } => {
+        format!("Your booking for slot {slot} has expired")
+    }
+    /// The booking was extended. Level success, `booking.renewed`.
+    BookingRenewed("booking.renewed", Success) {
+        booking_id: id,
+        /// New end time, ISO 8601 (e.g. `"2025-06-01T18:30:00+02:00"`).
+        new_end: text,
+    } => {
+        format!("Your booking has been renewed until {new_end}")
+    }
+    /// Extending the booking failed. Level error, `booking.renewal_failed`.
+    BookingRenewalFailed("booking.renewal_failed", Error) { booking_id: id, reason: text } => {
+        format!("Your booking could not be renewed: {reason}")
+    }
+    /// The system released the slot because the booking ran out. Level warning,
+    /// `booking.slot_auto_expired`.
+    SlotAutoExpired("booking.slot_auto_expired", Warning) { booking_id: id, slot: text } => {
+        format!("Slot {slot} was released automatically because your booking ended")
+    }
+    /// The lot owner declined the booking. Level warning, `booking.declined`.
+    /// `reason` is left out of `data` when `None`.
+    BookingDeclined("booking.declined", Warning) {
+        booking_id: id,
+        reason: optional_text,
+    } => {
+        match reason.as_deref().map(str::trim) {
+            Some(reason) if !reason.is_empty() => format!("Your booking was declined: {reason}"),
+            _ => "Your booking was declined".to_owned(),
         }
     }
-
-    /// The dotted event name that goes in the notification's `event` field.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Event::BookingExpiringSoon { .. } => "booking.expiring_soon",
-            Event::BookingExpired { .. } => "booking.expired",
-            Event::BookingRenewed { .. } => "booking.renewed",
-            Event::BookingRenewalFailed { .. } => "booking.renewal_failed",
-            Event::SlotAutoExpired { .. } => "booking.slot_auto_expired",
-            Event::BookingDeclined { .. } => "booking.declined",
-            Event::CashPaymentVerified { .. } => "payment.cash_verified",
-            Event::BookingCreated { .. } => "booking.created",
-            Event::CarWashCompleted { .. } => "carwash.completed",
-            Event::EmployeeAssigned { .. } => "employee.assigned",
-        }
+    /// Staff confirmed a cash payment. Level success, `payment.cash_verified`.
+    CashPaymentVerified("payment.cash_verified", Success) {
+        booking_id: id,
+        /// Decimal text, e.g. `"12.50"`.
+        amount: text,
+        /// ISO 4217 code, e.g. `"EUR"`.
+        currency: text,
+    } => {
+        format!("Your cash payment of {amount} {currency} has been verified")
     }
-
-    /// The English text shown when the caller gives none.
-    pub fn default_message(&self) -> String {
-        match self {
-            Event::BookingExpiringSoon {
-                slot, minutes_left, ..
-            } => {
-                let unit = if *minutes_left == 1 {
-                    "minute"
-                } else {
-                    "minutes"
-                };
-                format!("Your booking for slot {slot} expires in {minutes_left} {unit}")
-            }
-            Event::BookingExpired { slot, .. } => {
-                format!("Your booking for slot {slot} has expired")
-            }
-            Event::BookingRenewed { new_end, .. } => {
-                format!("Your booking has been renewed until {new_end}")
-            }
-            Event::BookingRenewalFailed { reason, .. } => {
-                format!("Your booking could not be renewed: {reason}")
-            }
-            Event::SlotAutoExpired { slot, .. } => {
-                format!("Slot {slot} was released automatically because your booking ended")
-            }
-            Event::BookingDeclined { reason, .. } => match reason.as_deref().map(str::trim) {
-                Some(reason) if !reason.is_empty() => {
-                    format!("Your booking was declined: {reason}")
-                }
-                _ => "Your booking was declined".to_owned(),
-            },
-            Event::CashPaymentVerified {
-                amount, currency, ..
-            } => format!("Your cash payment of {amount} {currency} has been verified"),
-            Event::BookingCreated { lot, customer, .. } => {
-                format!("New booking at {lot} by {customer}")
-            }
-            Event::CarWashCompleted { service, .. } => {
-                format!("Your car wash ({service}) is complete")
-            }
-            Event::EmployeeAssigned {
-                employee_name, lot, ..
-            } => format!("{employee_name} has been assigned to {lot}"),
-        }
+    /// Sent to the lot owner when a customer books. Level info, `booking.created`.
+    BookingCreated("booking.created", Info) {
+        booking_id: id,
+        lot: text,
+        customer: text,
+    } => {
+        format!("New booking at {lot} by {customer}")
     }
-
-    /// The event's fields as the notification's `data` object.
-    pub fn data(&self) -> Map<String, Value> {
-        // Keys are the Rust field names; docs/PROTOCOL.md lists them for other languages.
-        let pairs: Vec<(&str, Value)> = match self {
-            Event::BookingExpiringSoon {
-                booking_id,
-                slot,
-                minutes_left,
-            } => vec![
-                ("booking_id", (*booking_id).into()),
-                ("slot", slot.as_str().into()),
-                ("minutes_left", (*minutes_left).into()),
-            ],
-            Event::BookingExpired { booking_id, slot }
-            | Event::SlotAutoExpired { booking_id, slot } => vec![
-                ("booking_id", (*booking_id).into()),
-                ("slot", slot.as_str().into()),
-            ],
-            Event::BookingRenewed {
-                booking_id,
-                new_end,
-            } => vec![
-                ("booking_id", (*booking_id).into()),
-                ("new_end", new_end.as_str().into()),
-            ],
-            Event::BookingRenewalFailed { booking_id, reason } => vec![
-                ("booking_id", (*booking_id).into()),
-                ("reason", reason.as_str().into()),
-            ],
-            Event::BookingDeclined { booking_id, reason } => {
-                let mut pairs = vec![("booking_id", (*booking_id).into())];
-                if let Some(reason) = reason {
-                    pairs.push(("reason", reason.as_str().into()));
-                }
-                pairs
-            }
-            Event::CashPaymentVerified {
-                booking_id,
-                amount,
-                currency,
-            } => vec![
-                ("booking_id", (*booking_id).into()),
-                ("amount", amount.as_str().into()),
-                ("currency", currency.as_str().into()),
-            ],
-            Event::BookingCreated {
-                booking_id,
-                lot,
-                customer,
-            } => vec![
-                ("booking_id", (*booking_id).into()),
-                ("lot", lot.as_str().into()),
-                ("customer", customer.as_str().into()),
-            ],
-            Event::CarWashCompleted {
-                booking_id,
-                service,
-            } => vec![
-                ("booking_id", (*booking_id).into()),
-                ("service", service.as_str().into()),
-            ],
-            Event::EmployeeAssigned {
-                employee_id,
-                employee_name,
-                lot,
-            } => vec![
-                ("employee_id", (*employee_id).into()),
-                ("employee_name", employee_name.as_str().into()),
-                ("lot", lot.as_str().into()),
-            ],
-        };
-        pairs
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value))
-            .collect()
+    /// The car wash ordered with a booking is done. Level success, `carwash.completed`.
+    CarWashCompleted("carwash.completed", Success) { booking_id: id, service: text } => {
+        format!("Your car wash ({service}) is complete")
     }
-
-    /// Every event name, in declaration order.
-    pub const NAMES: [&'static str; 10] = [
-        "booking.expiring_soon",
-        "booking.expired",
-        "booking.renewed",
-        "booking.renewal_failed",
-        "booking.slot_auto_expired",
-        "booking.declined",
-        "payment.cash_verified",
-        "booking.created",
-        "carwash.completed",
-        "employee.assigned",
-    ];
-
-    /// The event called `name` (one of [`Event::NAMES`]) with the fields in `data`, as
-    /// services in other languages send them through the HTTP endpoint or the `notify` CLI.
-    ///
-    /// Strict, so that a typo is an error instead of a notification with a missing field:
-    /// every field of the event must be present with its JSON type (ids are non-negative
-    /// integers, the rest strings; `booking.declined`'s `reason` may be absent or `null`) and
-    /// no other field may be given.
-    pub fn from_name_and_data(name: &str, data: &Map<String, Value>) -> Result<Event, EventError> {
-        let event = Self::NAMES
-            .iter()
-            .find(|known| **known == name)
-            .ok_or_else(|| EventError::UnknownEvent {
-                name: name.to_owned(),
-            })?;
-        let fields = |allowed| Fields::new(event, allowed, data);
-        Ok(match *event {
-            "booking.expiring_soon" => {
-                let f = fields(&["booking_id", "slot", "minutes_left"])?;
-                Event::BookingExpiringSoon {
-                    booking_id: f.id("booking_id")?,
-                    slot: f.text("slot")?,
-                    minutes_left: f.small_count("minutes_left")?,
-                }
-            }
-            "booking.expired" => {
-                let f = fields(&["booking_id", "slot"])?;
-                Event::BookingExpired {
-                    booking_id: f.id("booking_id")?,
-                    slot: f.text("slot")?,
-                }
-            }
-            "booking.renewed" => {
-                let f = fields(&["booking_id", "new_end"])?;
-                Event::BookingRenewed {
-                    booking_id: f.id("booking_id")?,
-                    new_end: f.text("new_end")?,
-                }
-            }
-            "booking.renewal_failed" => {
-                let f = fields(&["booking_id", "reason"])?;
-                Event::BookingRenewalFailed {
-                    booking_id: f.id("booking_id")?,
-                    reason: f.text("reason")?,
-                }
-            }
-            "booking.slot_auto_expired" => {
-                let f = fields(&["booking_id", "slot"])?;
-                Event::SlotAutoExpired {
-                    booking_id: f.id("booking_id")?,
-                    slot: f.text("slot")?,
-                }
-            }
-            "booking.declined" => {
-                let f = fields(&["booking_id", "reason"])?;
-                Event::BookingDeclined {
-                    booking_id: f.id("booking_id")?,
-                    reason: f.optional_text("reason")?,
-                }
-            }
-            "payment.cash_verified" => {
-                let f = fields(&["booking_id", "amount", "currency"])?;
-                Event::CashPaymentVerified {
-                    booking_id: f.id("booking_id")?,
-                    amount: f.text("amount")?,
-                    currency: f.text("currency")?,
-                }
-            }
-            "booking.created" => {
-                let f = fields(&["booking_id", "lot", "customer"])?;
-                Event::BookingCreated {
-                    booking_id: f.id("booking_id")?,
-                    lot: f.text("lot")?,
-                    customer: f.text("customer")?,
-                }
-            }
-            "carwash.completed" => {
-                let f = fields(&["booking_id", "service"])?;
-                Event::CarWashCompleted {
-                    booking_id: f.id("booking_id")?,
-                    service: f.text("service")?,
-                }
-            }
-            "employee.assigned" => {
-                let f = fields(&["employee_id", "employee_name", "lot"])?;
-                Event::EmployeeAssigned {
-                    employee_id: f.id("employee_id")?,
-                    employee_name: f.text("employee_name")?,
-                    lot: f.text("lot")?,
-                }
-            }
-            _ => unreachable!("every name in Event::NAMES has an arm"),
-        })
-    }
-
-    /// The notification with the default English message.
-    pub fn into_notification(self) -> Notification {
-        let message = self.default_message();
-        self.with_message(message)
-    }
-
-    /// The notification with your own message (e.g. a translation) instead of the default.
-    pub fn with_message(self, message: impl Into<String>) -> Notification {
-        let mut notification = Notification::new(self.level(), message).with_event(self.name());
-        notification.data = self.data();
-        notification
+    /// Sent to the lot owner when an employee is assigned to a lot. Level info,
+    /// `employee.assigned`.
+    EmployeeAssigned("employee.assigned", Info) {
+        employee_id: id,
+        employee_name: text,
+        lot: text,
+    } => {
+        format!("{employee_name} has been assigned to {lot}")
     }
 }
 
@@ -404,9 +277,11 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// `required[i]` tells whether `allowed[i]` must be present.
     fn new(
         event: &'static str,
         allowed: &'static [&'static str],
+        required: &[bool],
         data: &'a Map<String, Value>,
     ) -> Result<Self, EventError> {
         if let Some(unknown) = data.keys().find(|key| !allowed.contains(&key.as_str())) {
@@ -416,10 +291,8 @@ impl<'a> Fields<'a> {
                 allowed,
             });
         }
-        for field in allowed {
-            // Only booking.declined has an optional field; it checks its own.
-            let optional = event == "booking.declined" && *field == "reason";
-            if !optional && !data.contains_key(*field) {
+        for (field, required) in allowed.iter().zip(required) {
+            if *required && !data.contains_key(*field) {
                 return Err(EventError::MissingField {
                     event,
                     field,
@@ -444,7 +317,7 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| self.invalid(field, "a non-negative integer (an id)"))
     }
 
-    fn small_count(&self, field: &'static str) -> Result<u32, EventError> {
+    fn count(&self, field: &'static str) -> Result<u32, EventError> {
         self.data[field]
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -466,17 +339,12 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl From<Event> for Notification {
-    fn from(event: Event) -> Self {
-        event.into_notification()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::notification::Notification;
     use crate::wire::{check_payload, DEFAULT_MAX_PAYLOAD_BYTES};
 
     /// Serialises the way the publisher does (minus the timestamp) and checks the gateway

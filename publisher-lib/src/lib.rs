@@ -31,14 +31,16 @@
 //! |---|---|
 //! | [`wire`] | the contract shared with the gateway: [`UserId`], [`Level`], channel names, [`wire::check_payload`] |
 //! | [`events`] | [`Event`], one typed variant per notification the parking app sends; [`Event::from_name_and_data`] for names and JSON from elsewhere |
-//! | `notification` | [`Notification`], the JSON envelope (free-form messages) |
+//! | `notification` | [`Notification`], the JSON envelope (free-form messages), and notifications from events |
 //! | `publisher` | [`Publisher`] and [`PublisherOptions`]: pooled, time-bounded PUBLISH |
+//! | [`script`] | running a Lua script Redis may have forgotten (NOSCRIPT reload), shared with the gateway |
 //! | `error` | [`PublishError`] and its coarse [`ErrorKind`] |
 //!
 //! Failures never panic: bad input gives [`ErrorKind::InvalidInput`] or [`ErrorKind::TooLarge`],
 //! Redis trouble gives [`ErrorKind::RedisUnavailable`] or [`ErrorKind::Timeout`].
 
 pub mod events;
+pub mod script;
 pub mod wire;
 
 mod error;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::PublishError;
+use crate::events::Event;
 use crate::wire::Level;
 
 /// One notification, exactly as it travels to the browser.
@@ -86,7 +87,7 @@ impl Notification {
     /// - with `level`: a free-form notification; `message` is required, `event` and `data`
     ///   are passed on as given;
     /// - without `level`: `event` must name a typed [`Event`](crate::Event) and `data` carry
-    ///   its fields ([`Event::from_name_and_data`](crate::Event::from_name_and_data)); the
+    ///   its fields ([`Event::from_name_and_data`](Event::from_name_and_data)); the
     ///   event's level applies, and its default message unless `message` is given.
     ///
     /// ```
@@ -113,7 +114,7 @@ impl Notification {
                 Ok(notification)
             }
             (None, Some(name)) => {
-                let event = crate::Event::from_name_and_data(name, &data)?;
+                let event = Event::from_name_and_data(name, &data)?;
                 Ok(match message {
                     Some(message) => event.with_message(message),
                     None => event.into_notification(),
@@ -150,6 +151,29 @@ pub(crate) fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Notifications from typed events. Here rather than in `events`, so that events know
+/// nothing of notifications and the modules form no cycle.
+impl Event {
+    /// The notification with the default English message.
+    pub fn into_notification(self) -> Notification {
+        let message = self.default_message();
+        self.with_message(message)
+    }
+
+    /// The notification with your own message (e.g. a translation) instead of the default.
+    pub fn with_message(self, message: impl Into<String>) -> Notification {
+        let mut notification = Notification::new(self.level(), message).with_event(self.name());
+        notification.data = self.data();
+        notification
+    }
+}
+
+impl From<Event> for Notification {
+    fn from(event: Event) -> Self {
+        event.into_notification()
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::PublishError;
 use crate::notification::{now_millis, Notification};
+use crate::script;
 use crate::topology::{PooledConnection, SentinelConfig, SentinelManager, SentinelPool};
 use crate::wire::{self, StreamId, UserId};
 
@@ -345,11 +346,14 @@ impl Publisher {
         }
     }
 
-    /// Drops every idle pooled connection: after a READONLY reply, those may all point at a
-    /// demoted master.
-    fn forget_idle_connections(&self) {
+    /// Drops `conn` and every idle pooled connection: after a READONLY reply (or replicas
+    /// that no longer follow), those may all lead to a demoted master.
+    fn forget(&self, conn: PooledConnection) {
         if let Connections::Sentinel(pool) = &self.connections {
             pool.retain(|_, _| false);
+        }
+        if let PooledConnection::Sentinel(conn) = conn {
+            let _ = deadpool::managed::Object::take(conn);
         }
     }
 
@@ -578,26 +582,13 @@ impl Publisher {
     ) -> Result<T, PublishError> {
         let timeout = self.options.timeout;
         let mut conn = self.connection().await?;
-        let mut result = pipe.query_async(&mut conn).await;
-        // A restarted Redis has forgotten the script: load it and send the pipeline again.
-        // Nothing ran: the pipeline is one invocation, or several behind a SCRIPT LOAD (see
-        // script_pipeline), so NOSCRIPT cannot have failed some of them and not others.
-        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            PUBLISH_SCRIPT
-                .prepare_invoke()
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| PublishError::from_redis(e, timeout))?;
-            result = pipe.query_async(&mut conn).await;
-        }
+        // Safe to send again after NOSCRIPT: the pipeline is one invocation, or several
+        // behind a SCRIPT LOAD (see script_pipeline), so none of them ran.
+        let result = script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT).await;
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
         {
             // Nothing ran: a replica refuses the whole script. The master moved; find it.
-            self.forget_idle_connections();
-            if let PooledConnection::Sentinel(conn) = conn {
-                let _ = deadpool::managed::Object::take(conn);
-            }
+            self.forget(conn);
             return Err(PublishError::unavailable(
                 result.err().expect("checked above"),
             ));
@@ -615,10 +606,7 @@ impl Publisher {
                 .map_err(|e| PublishError::from_redis(e, timeout))?;
             if acked < wanted {
                 // Perhaps a master whose replicas follow another one now: ask again.
-                self.forget_idle_connections();
-                if let PooledConnection::Sentinel(conn) = conn {
-                    let _ = deadpool::managed::Object::take(conn);
-                }
+                self.forget(conn);
                 return Err(PublishError::unavailable(NotReplicated { acked, wanted }));
             }
         }

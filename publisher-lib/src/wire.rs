@@ -128,6 +128,28 @@ impl fmt::Display for Level {
     }
 }
 
+/// Why a string is not a [`Level`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected success, info, warning or error")]
+pub struct InvalidLevel;
+
+impl Level {
+    /// Every level, in the order the docs list them.
+    pub const ALL: [Level; 4] = [Level::Success, Level::Info, Level::Warning, Level::Error];
+}
+
+impl FromStr for Level {
+    type Err = InvalidLevel;
+
+    /// The wire spelling only (lowercase), as serde reads it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Level::ALL
+            .into_iter()
+            .find(|level| level.as_str() == s)
+            .ok_or(InvalidLevel)
+    }
+}
+
 /// A notification's id: the id of its entry in the user's history stream, `<ms>-<seq>`.
 /// Ids of one user are strictly increasing; clients resume with the last one they saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -276,6 +298,18 @@ pub fn check_payload(payload: &[u8], max_bytes: usize) -> Result<PayloadInfo, Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_parse_exactly_as_serde_reads_them() {
+        for level in Level::ALL {
+            assert_eq!(level.as_str().parse::<Level>(), Ok(level));
+            let via_serde: Level = serde_json::from_value(level.as_str().into()).unwrap();
+            assert_eq!(via_serde, level);
+        }
+        for bad in ["Info", "INFO", " info", "", "debug"] {
+            assert_eq!(bad.parse::<Level>(), Err(InvalidLevel), "{bad:?}");
+        }
+    }
 
     #[test]
     fn user_ids_have_one_spelling() {

@@ -13,7 +13,7 @@ use publisher::wire::UserId;
 use serde_json::{Map, Value};
 
 use super::AuthError;
-use crate::config::{check_hs256_secret, AuthSettings, ConfigError, JwtAlgorithm};
+use crate::config::{check_hs256_secret, invalid, AuthSettings, ConfigError, JwtAlgorithm};
 
 /// What a valid token proves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,13 +28,6 @@ pub struct JwtVerifier {
     validation: Validation,
     user_claim: String,
     token_type: Option<String>,
-}
-
-fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        problem: problem.into(),
-    }
 }
 
 impl JwtVerifier {

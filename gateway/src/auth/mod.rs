@@ -1,5 +1,5 @@
 //! Who may open which socket. Everything here runs before the WebSocket upgrade, so a refusal
-//! is a plain HTTP status with a JSON reason (mapped in [`crate::http::ApiError`]).
+//! is a plain HTTP status with a JSON reason (mapped in [`crate::error::ApiError`]).
 //!
 //! The upgrade handler calls [`Gate::admit`] once per request:
 //! 1. the Origin header against `origin.allowed` ([`origin`]), against cross-site WebSocket
@@ -16,9 +16,10 @@ mod jwt;
 mod origin;
 mod token;
 
-pub use client_ip::{client_ip, IpNet};
+pub use crate::net::{IpNet, OriginPattern};
+pub use client_ip::client_ip;
 pub use jwt::{JwtVerifier, Verified};
-pub use origin::{OriginPattern, OriginPolicy};
+pub use origin::OriginPolicy;
 pub use token::{extract as extract_token, Transport, BEARER_PROTOCOL, MAX_TOKEN_BYTES};
 
 use std::net::IpAddr;
@@ -111,32 +112,19 @@ pub struct RequestParts<'a, P, A> {
 }
 
 impl Gate {
-    /// Reads key files and parses lists; errors name the configuration key.
+    /// Reads key files; the lists come parsed with the settings. Errors name the key.
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
         let jwt = match settings.auth.mode {
             AuthMode::Jwt => Some(JwtVerifier::from_settings(&settings.auth)?),
             AuthMode::None | AuthMode::Unset => None,
         };
-        let parse_error =
-            |key: &'static str| move |problem: String| ConfigError::Invalid { key, problem };
-        let allowed = settings
-            .origin
-            .allowed
-            .iter()
-            .map(|o| OriginPattern::parse(o))
-            .collect::<Result<_, _>>()
-            .map_err(parse_error("origin.allowed"))?;
-        let trusted_proxies = settings
-            .server
-            .trusted_proxies
-            .iter()
-            .map(|p| IpNet::parse(p))
-            .collect::<Result<_, _>>()
-            .map_err(parse_error("server.trusted_proxies"))?;
         Ok(Gate {
             jwt,
-            origins: OriginPolicy::new(allowed, settings.origin.allow_missing),
-            trusted_proxies,
+            origins: OriginPolicy::new(
+                settings.origin.patterns.clone(),
+                settings.origin.allow_missing,
+            ),
+            trusted_proxies: settings.server.proxy_ranges.clone(),
             expiry_grace: ms(settings.auth.expiry_grace_ms),
         })
     }

@@ -243,6 +243,7 @@ fn without_jwt_anyone_is_admitted_but_the_origin_is_still_checked() {
     assert!(!open.requires_token());
     assert_eq!(admit(&open, "", user(1)), Ok(Admission { close_at: None }));
     s.origin.allowed = vec!["https://app.example.com".into()];
+    s.parse_lists().unwrap();
     let gate = gate(&s);
     let parts = |origin| RequestParts {
         query: "",

@@ -11,12 +11,22 @@ use publisher::wire::{StreamId, UserId};
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::bus::BusError;
 
 #[derive(Deserialize)]
 struct PageQuery {
     before: Option<String>,
     limit: Option<usize>,
+}
+
+/// `before` (empty means from the newest) and `limit`, clamped to 1..=`max` (`max` when absent).
+fn parse_page(query: &str, max: usize) -> Result<(Option<StreamId>, usize), ApiError> {
+    let query = web::Query::<PageQuery>::from_query(query)
+        .map_err(|e| ApiError::InvalidBody(format!("query: {e}")))?;
+    let before = match query.before.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => Some(id.parse().map_err(ApiError::InvalidLastId)?),
+        None => None,
+    };
+    Ok((before, query.limit.unwrap_or(max).clamp(1, max)))
 }
 
 pub async fn notifications(
@@ -30,22 +40,8 @@ pub async fn notifications(
         state.metrics.auth_refused(&error);
         ApiError::Auth(error)
     })?;
-    let query = web::Query::<PageQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidBody(format!("query: {e}")))?;
-    let before: Option<StreamId> = match query.before.as_deref().filter(|s| !s.is_empty()) {
-        Some(id) => Some(id.parse().map_err(ApiError::InvalidLastId)?),
-        None => None,
-    };
-    let max = state.settings.history.page_limit;
-    let limit = query.limit.unwrap_or(max).clamp(1, max);
-    let frames = state
-        .bus
-        .history_page(user, before, limit)
-        .await
-        .map_err(|e| match e {
-            BusError::Invalid(m) => ApiError::InvalidBody(m),
-            BusError::Unavailable(m) => ApiError::BusUnavailable(m),
-        })?;
+    let (before, limit) = parse_page(req.query_string(), state.settings.history.page_limit)?;
+    let frames = state.bus.history_page(user, before, limit).await?;
     let next_before = match frames.last().and_then(|f| f.id) {
         Some(id) if frames.len() == limit => format!("\"{id}\""),
         _ => "null".to_owned(),
@@ -66,4 +62,36 @@ pub async fn notifications(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_query_gives_the_start_and_a_limit_within_bounds() {
+        assert_eq!(parse_page("", 100).unwrap(), (None, 100));
+        assert_eq!(parse_page("before=&limit=5", 100).unwrap(), (None, 5));
+        assert_eq!(
+            parse_page("before=10-2&limit=500", 100).unwrap(),
+            (Some(StreamId::new(10, 2)), 100)
+        );
+        assert_eq!(parse_page("limit=0", 100).unwrap().1, 1);
+    }
+
+    #[test]
+    fn a_bad_page_query_is_refused() {
+        assert!(matches!(
+            parse_page("before=x", 100),
+            Err(ApiError::InvalidLastId(_))
+        ));
+        assert!(matches!(
+            parse_page("limit=-1", 100),
+            Err(ApiError::InvalidBody(_))
+        ));
+        assert!(matches!(
+            parse_page("limit=ten", 100),
+            Err(ApiError::InvalidBody(_))
+        ));
+    }
 }

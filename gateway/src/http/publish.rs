@@ -16,7 +16,6 @@ use publisher::{Level, Notification};
 use serde_json::{json, Map, Value};
 
 use super::{ApiError, AppState};
-use crate::bus::BusError;
 
 /// Users one request may address.
 const MAX_USERS_PER_REQUEST: usize = 1000;
@@ -94,7 +93,7 @@ impl PublishRequest {
         };
         let level = text("type")?
             .map(|name| {
-                serde_json::from_value::<Level>(Value::String(name.clone())).map_err(|_| {
+                name.parse::<Level>().map_err(|_| {
                     invalid(format!(
                         "\"type\" {name:?} is none of success, info, warning, error"
                     ))
@@ -152,14 +151,7 @@ pub async fn publish(
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
 
     // One pipelined call for every user: a retry inside it never publishes twice.
-    let receivers = state
-        .bus
-        .publish(users, payload)
-        .await
-        .map_err(|e| match e {
-            BusError::Invalid(m) => ApiError::InvalidBody(m),
-            BusError::Unavailable(m) => ApiError::BusUnavailable(m),
-        })?;
+    let receivers = state.bus.publish(users, payload).await?;
     Ok(HttpResponse::Ok().json(json!({ "receivers": receivers })))
 }
 
@@ -198,4 +190,112 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<PublishRequest, String> {
+        PublishRequest::parse(body.as_bytes()).map_err(|e| match e {
+            ApiError::InvalidBody(message) => message,
+            other => panic!("not an invalid-body error: {other:?}"),
+        })
+    }
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    #[test]
+    fn a_free_form_notification_to_several_users_each_once() {
+        let request = parse(
+            r#"{"user": 3, "users": [1, 3, 2], "type": "info", "message": "hi", "timestamp": 1700000000000}"#,
+        )
+        .unwrap();
+        assert_eq!(request.users, vec![user(1), user(2), user(3)]);
+        assert_eq!(request.notification.level, Level::Info);
+        assert_eq!(request.notification.message, "hi");
+        assert_eq!(request.notification.timestamp, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn a_typed_event_gets_its_level_and_default_message() {
+        let request = parse(
+            r#"{"user": 7, "event": "carwash.completed", "data": {"booking_id": 7, "service": "Basic"}}"#,
+        )
+        .unwrap();
+        assert_eq!(request.notification.level, Level::Success);
+        assert_eq!(
+            request.notification.message,
+            "Your car wash (Basic) is complete"
+        );
+        assert!(request.notification.timestamp.is_some(), "stamped now");
+    }
+
+    #[test]
+    fn every_bad_body_names_what_is_wrong() {
+        let cases = [
+            ("not json", "not JSON"),
+            ("[1]", "must be a JSON object"),
+            (
+                r#"{"user": 1, "type": "info", "message": "x", "mesage": 1}"#,
+                "unknown field \"mesage\"",
+            ),
+            (
+                r#"{"type": "info", "message": "x"}"#,
+                "give \"user\" or \"users\"",
+            ),
+            (
+                r#"{"user": 0, "type": "info", "message": "x"}"#,
+                "user id 0",
+            ),
+            (
+                r#"{"user": -1, "type": "info", "message": "x"}"#,
+                "user id -1",
+            ),
+            (
+                r#"{"user": "1", "type": "info", "message": "x"}"#,
+                "user id \"1\"",
+            ),
+            (
+                r#"{"users": 1, "type": "info", "message": "x"}"#,
+                "\"users\" must be an array",
+            ),
+            (
+                r#"{"user": 1, "type": "debug", "message": "x"}"#,
+                "\"type\" \"debug\" is none of",
+            ),
+            (
+                r#"{"user": 1, "type": 1, "message": "x"}"#,
+                "\"type\" must be a string",
+            ),
+            (r#"{"user": 1, "type": "info"}"#, "needs a \"message\""),
+            (
+                r#"{"user": 1, "type": "info", "message": "x", "data": []}"#,
+                "\"data\" must be a JSON object",
+            ),
+            (
+                r#"{"user": 1, "type": "info", "message": "x", "timestamp": -5}"#,
+                "\"timestamp\" must be",
+            ),
+            (r#"{"user": 1, "event": "nope"}"#, "unknown event \"nope\""),
+            (
+                r#"{"user": 1, "event": "carwash.completed", "data": {"booking_id": 7}}"#,
+                "needs field `service`",
+            ),
+        ];
+        for (body, expected) in cases {
+            let error = parse(body)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {body}"));
+            assert!(
+                error.contains(expected),
+                "{body}: {error:?} lacks {expected:?}"
+            );
+        }
+        let too_many: Vec<u64> = (1..=MAX_USERS_PER_REQUEST as u64 + 1).collect();
+        let body = format!(r#"{{"users": {too_many:?}, "type": "info", "message": "x"}}"#);
+        assert!(parse(&body).err().unwrap().contains("at most 1000"));
+    }
 }

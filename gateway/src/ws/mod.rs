@@ -1,15 +1,14 @@
 //! The browser-facing WebSocket endpoint: `GET /ws/notifications/{user_id}/`.
 //!
-//! [`upgrade`] checks the request before anything is upgraded, registers the socket with the
-//! hub, waits (bounded) until the bus delivers the user's channel, then hands the socket to
-//! its own task in [`session`].
+//! [`upgrade`] checks the request before anything is upgraded, attaches the socket to the
+//! user's subscription ([`crate::subscriptions`]), then hands the socket to its own task in
+//! [`session`].
 
 mod close;
 mod frame_guard;
 mod session;
 
 pub use close::CloseCode;
-pub use session::SessionLimits;
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -17,15 +16,29 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use publisher::wire::{StreamId, UserId};
 
 use crate::auth::BEARER_PROTOCOL;
-use crate::config::ms;
-use crate::http::{ApiError, AppState};
-use crate::hub::SocketId;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::subscriptions::TooManySockets;
 
 /// Query parameters of the upgrade request.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct UpgradeQuery {
     /// The id of the last notification the client received: it is replayed everything after.
     pub last_id: Option<String>,
+}
+
+/// The user of the path and the id to resume after (`?last_id=`; empty means none).
+fn parse_target(user_id: &str, query: &str) -> Result<(UserId, Option<StreamId>), ApiError> {
+    let user: UserId = user_id.parse().map_err(ApiError::InvalidUserId)?;
+    // A query that does not parse (a parameter given twice, say) is refused rather than read
+    // as "no resume", which would lose notifications silently.
+    let query = web::Query::<UpgradeQuery>::from_query(query)
+        .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+    let resume_after = match query.last_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => Some(id.parse().map_err(ApiError::InvalidLastId)?),
+        None => None,
+    };
+    Ok((user, resume_after))
 }
 
 pub async fn upgrade(
@@ -38,20 +51,7 @@ pub async fn upgrade(
         state.metrics.upgrades_refused_total.fetch_add(1, Relaxed);
         e
     };
-    let user: UserId = user_id
-        .parse()
-        .map_err(|e| refused(ApiError::InvalidUserId(e)))?;
-    // A query that does not parse (a parameter given twice, say) is refused rather than read
-    // as "no resume", which would lose notifications silently.
-    let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
-        .map_err(|e| refused(ApiError::InvalidQuery(e.to_string())))?;
-    let resume_after: Option<StreamId> = match query.last_id.as_deref().filter(|s| !s.is_empty()) {
-        Some(id) => Some(
-            id.parse()
-                .map_err(|e| refused(ApiError::InvalidLastId(e)))?,
-        ),
-        None => None,
-    };
+    let (user, resume_after) = parse_target(&user_id, req.query_string()).map_err(refused)?;
     if *state.shutdown.borrow() {
         return Err(refused(ApiError::ShuttingDown));
     }
@@ -81,28 +81,12 @@ pub async fn upgrade(
         .max_continuation_size(max_frame);
 
     let max_sockets = state.settings.server.max_sockets_per_user;
-    let (registration, _first) = state
-        .hub
-        .try_register(user, max_sockets)
-        .ok_or_else(|| refused(ApiError::TooManySocketsForUser(max_sockets)))?;
-    // Until the socket task owns the registration, a client that gives up (actix then drops
-    // this future mid-await) must not leave it behind.
-    let pending = PendingSocket {
-        state: state.get_ref(),
-        user,
-        socket: registration.socket,
-    };
-    // Every socket waits for the subscription, not only the user's first: a second socket
-    // that arrives while the first one's SUBSCRIBE is in flight must not miss anything either.
-    let subscribed = state.bus.interest_changed(user);
-    if tokio::time::timeout(ms(state.settings.redis.subscribe_timeout_ms), subscribed)
+    let registration = state
+        .subscriptions
+        .attach(user, max_sockets)
         .await
-        .is_err()
-    {
-        tracing::warn!(%user, "bus did not confirm the subscription in time; socket opens anyway");
-    }
+        .map_err(|TooManySockets| refused(ApiError::TooManySocketsForUser(max_sockets)))?;
     tracing::debug!(%user, socket = registration.socket, "socket open");
-    std::mem::forget(pending);
     actix_web::rt::spawn(session::run(
         session,
         stream,
@@ -114,15 +98,42 @@ pub async fn upgrade(
     Ok(response)
 }
 
-/// Unregisters a socket whose upgrade was abandoned before its task took over.
-struct PendingSocket<'a> {
-    state: &'a AppState,
-    user: UserId,
-    socket: SocketId,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Drop for PendingSocket<'_> {
-    fn drop(&mut self) {
-        session::unregister(self.state, self.user, self.socket);
+    #[test]
+    fn the_path_and_query_give_the_user_and_the_resume_point() {
+        let user = UserId::new(42).unwrap();
+        assert_eq!(parse_target("42", "").unwrap(), (user, None));
+        assert_eq!(parse_target("42", "last_id=").unwrap(), (user, None));
+        assert_eq!(
+            parse_target("42", "last_id=1763775600123-4&token=x").unwrap(),
+            (user, Some(StreamId::new(1_763_775_600_123, 4)))
+        );
+    }
+
+    #[test]
+    fn bad_users_ids_and_queries_are_refused_not_ignored() {
+        for user in ["0", "042", "-1", "abc", "", "99999999999999999999"] {
+            assert!(
+                matches!(parse_target(user, ""), Err(ApiError::InvalidUserId(_))),
+                "{user:?}"
+            );
+        }
+        for id in ["abc", "12", "1-2-3", "-1"] {
+            assert!(
+                matches!(
+                    parse_target("1", &format!("last_id={id}")),
+                    Err(ApiError::InvalidLastId(_))
+                ),
+                "{id:?}"
+            );
+        }
+        // Given twice: which one would it be? Refused rather than guessed.
+        assert!(matches!(
+            parse_target("1", "last_id=1-0&last_id=2-0"),
+            Err(ApiError::InvalidQuery(_))
+        ));
     }
 }

@@ -11,34 +11,62 @@ use futures_util::StreamExt;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 
 use super::CloseCode;
-use crate::config::{ms, HistorySettings, WsSettings};
 use crate::history::{self, Replay};
-use crate::http::AppState;
 use crate::hub::{Registration, SocketId};
+use crate::state::AppState;
 use publisher::wire::{StreamId, UserId};
 
 /// Upper bound for sending the close frame, so a dead peer cannot hold the task.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
-pub struct SessionLimits {
-    pub ping_interval: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-    pub replay_limit: usize,
-    pub history_timeout: Duration,
+/// The heartbeat rule: ping every interval; a client heard from by no frame at all (pongs
+/// included) for the idle timeout is given up at the next beat. (The timeout is passed to
+/// [`Heartbeat::tick`] rather than stored: this lives in every idle socket's task.)
+struct Heartbeat {
+    beats: tokio::time::Interval,
+    last_heard: Instant,
 }
 
-impl SessionLimits {
-    pub fn new(ws: &WsSettings, history: &HistorySettings) -> Self {
-        SessionLimits {
-            ping_interval: ms(ws.ping_interval_ms),
-            idle_timeout: ms(ws.idle_timeout_ms),
-            write_timeout: ms(ws.write_timeout_ms),
-            replay_limit: history.replay_limit,
-            history_timeout: ms(history.read_timeout_ms),
+#[derive(Debug, PartialEq, Eq)]
+enum Beat {
+    /// Time to ping.
+    Ping,
+    /// Nothing heard for the idle timeout.
+    Silent,
+}
+
+impl Heartbeat {
+    fn new(interval: Duration) -> Self {
+        let mut beats = tokio::time::interval_at(Instant::now() + interval, interval);
+        beats.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Heartbeat {
+            beats,
+            last_heard: Instant::now(),
         }
     }
+
+    /// The client sent something.
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    async fn tick(&mut self, idle_timeout: Duration) -> Beat {
+        self.beats.tick().await;
+        if self.last_heard.elapsed() >= idle_timeout {
+            Beat::Silent
+        } else {
+            Beat::Ping
+        }
+    }
+}
+
+/// The timer that closes a socket when its token expires, and whether it is armed (the
+/// socket was opened with an expiring token).
+fn expiry_timer(expiry: Option<Instant>) -> (tokio::time::Sleep, bool) {
+    (
+        tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)),
+        expiry.is_some(),
+    )
 }
 
 /// How a session ended.
@@ -64,12 +92,8 @@ pub async fn run(
     } = registration;
     let limits = state.limits;
     let mut shutdown = state.shutdown.clone();
-    let mut heartbeat =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // Armed only when the socket was opened with an expiring token.
-    let expired = tokio::time::sleep_until(token_expiry.unwrap_or_else(Instant::now));
+    let mut heartbeat = Heartbeat::new(limits.ping_interval);
+    let (expired, expires) = expiry_timer(token_expiry);
     tokio::pin!(expired);
 
     // Resume: replay what the client missed before anything live. Live frames queue up in
@@ -91,7 +115,7 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|stopping| *stopping) => break End::Close(CloseCode::ServiceRestart),
-            _ = &mut expired, if token_expiry.is_some() => break End::Close(CloseCode::TokenExpired),
+            _ = &mut expired, if expires => break End::Close(CloseCode::TokenExpired),
             frame = outbox.recv() => match frame {
                 Some(frame) if frame.id.is_some() && frame.id <= replayed_up_to => {}
                 Some(frame) => match timeout(limits.write_timeout, session.text(frame.text.clone())).await {
@@ -106,7 +130,7 @@ pub async fn run(
                 None => break End::Close(CloseCode::SlowConsumer),
             },
             message = stream.next() => {
-                last_heard = Instant::now();
+                heartbeat.heard();
                 match message {
                     Some(Ok(AggregatedMessage::Ping(payload))) => {
                         if timeout(limits.write_timeout, session.pong(&payload)).await.is_err() {
@@ -126,8 +150,8 @@ pub async fn run(
                     None => break End::Gone,
                 }
             }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() >= limits.idle_timeout {
+            beat = heartbeat.tick(limits.idle_timeout) => {
+                if beat == Beat::Silent {
                     break End::Close(CloseCode::IdleTimeout);
                 }
                 if timeout(limits.write_timeout, session.ping(b"")).await.is_err() {
@@ -185,7 +209,7 @@ fn history_unavailable(user: UserId, after: StreamId, reason: &str) -> Replay {
     }
 }
 
-/// Ends the socket: the close frame if we close it, then out of the hub.
+/// Ends the socket: the close frame if we close it, then detached from its subscription.
 async fn close(
     session: Session,
     stream: AggregatedMessageStream,
@@ -200,24 +224,62 @@ async fn close(
     }
     // Dropping the session and stream ends the response body, which closes the connection.
     drop(stream);
-    unregister(state, user, socket);
+    state.subscriptions.detach(user, socket);
 }
 
-/// Takes a socket out of the hub; the user's subscription goes after the linger period.
-pub(super) fn unregister(state: &AppState, user: UserId, socket: SocketId) {
-    if state.hub.unregister(user, socket) {
-        release_later(state.clone(), user);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Drops the user's subscription after the linger period, unless a socket came back.
-fn release_later(state: AppState, user: UserId) {
-    let linger = ms(state.settings.ws.unsubscribe_linger_ms);
-    actix_web::rt::spawn(async move {
-        tokio::time::sleep(linger).await;
-        if state.hub.release_if_idle(user) {
-            // Registered on the call; no need to wait for Redis to confirm the UNSUBSCRIBE.
-            drop(state.bus.interest_changed(user));
+    const PING: Duration = Duration::from_secs(10);
+    const IDLE: Duration = Duration::from_secs(25);
+
+    /// The beats of `heartbeat` until it gives up, with the seconds since `start` of each.
+    async fn beats_until_silent(heartbeat: &mut Heartbeat, start: Instant) -> Vec<(u64, Beat)> {
+        let mut beats = Vec::new();
+        loop {
+            let beat = heartbeat.tick(IDLE).await;
+            let at = start.elapsed().as_secs();
+            let silent = beat == Beat::Silent;
+            beats.push((at, beat));
+            if silent {
+                return beats;
+            }
         }
-    });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_given_up_at_the_first_beat_past_the_idle_timeout() {
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(PING);
+        assert_eq!(
+            beats_until_silent(&mut heartbeat, start).await,
+            vec![(10, Beat::Ping), (20, Beat::Ping), (30, Beat::Silent)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn anything_heard_from_the_client_restarts_the_idle_clock() {
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(PING);
+        assert_eq!(heartbeat.tick(IDLE).await, Beat::Ping);
+        tokio::time::sleep_until(start + Duration::from_secs(15)).await;
+        heartbeat.heard();
+        assert_eq!(
+            beats_until_silent(&mut heartbeat, start).await,
+            // Heard at 15: 40 is the first beat at least 25 s later.
+            vec![(20, Beat::Ping), (30, Beat::Ping), (40, Beat::Silent)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_closes_its_socket_at_its_expiry_and_no_token_never_does() {
+        let start = Instant::now();
+        let (timer, armed) = expiry_timer(Some(start + Duration::from_secs(3600)));
+        assert!(armed);
+        timer.await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3600));
+        let (_, armed) = expiry_timer(None);
+        assert!(!armed, "no expiry: the timer is never selected");
+    }
 }

@@ -142,12 +142,9 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
             }
             "--type" => {
                 let text = value()?;
-                let parsed =
-                    serde_json::from_value::<Level>(Value::String(text.clone())).map_err(|_| {
-                        BadInput(format!(
-                            "--type {text:?}: expected success, info, warning or error"
-                        ))
-                    })?;
+                let parsed = text
+                    .parse::<Level>()
+                    .map_err(|e| BadInput(format!("--type {text:?}: {e}")))?;
                 level = Some(parsed);
             }
             "--message" => message = Some(value()?),

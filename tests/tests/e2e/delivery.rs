@@ -3,7 +3,6 @@
 
 use e2e::{Gateway, RedisServer, WsClient};
 use publisher::Event;
-use serde_json::json;
 
 use crate::{numbered, publisher, user};
 
@@ -61,13 +60,28 @@ async fn a_payload_from_another_language_is_forwarded_byte_for_byte() {
     let redis = RedisServer::start();
     let gateway = Gateway::start(Some(&redis), &[]);
     let mut client = WsClient::connect(&gateway.ws_url("42")).await;
-    // What docs/PROTOCOL.md tells a Python service to send, extra fields included.
-    let payload = r#"{"type":"success","message":"Car wash done","event":"carwash.completed","data":{"booking_id":7},"timestamp":1763775600123,"extra":[1,2]}"#;
+    // What docs/PROTOCOL.md tells a Python service to send, extra fields included, written
+    // the way no JSON encoder here would write it: spacing, key order, an escape, `1.50`.
+    // A gateway that re-encoded the payload would change every one of them.
+    let payload = r#"{ "type": "success", "message": "Caf\u00e9: car wash done", "event":"carwash.completed", "data": {"booking_id": 7, "price": 1.50}, "timestamp":1763775600123, "extra":[1, 2] }"#;
+    // A plain PUBLISH (no history): the frame is the payload itself.
     assert_eq!(redis.publish_raw("user_42", payload.as_bytes()), 1);
-    assert_eq!(
-        client.next_json().await,
-        json!({"type":"success","message":"Car wash done","event":"carwash.completed","data":{"booking_id":7},"timestamp":1763775600123u64,"extra":[1,2]})
-    );
+    assert_eq!(client.next_text().await, payload);
+    // Through the publish script, as the Python publisher sends: the payload with only its
+    // history id spliced in at the front.
+    let nodes = publisher(&redis)
+        .publish_payload(user(42), payload.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(nodes, 1);
+    let text = client.next_text().await;
+    let id: publisher::StreamId = serde_json::from_str::<serde_json::Value>(&text).unwrap()["id"]
+        .as_str()
+        .expect("a stored notification carries its id")
+        .parse()
+        .unwrap();
+    let spliced = publisher::wire::with_id(id, payload.as_bytes()).unwrap();
+    assert_eq!(text.as_bytes(), spliced.as_slice(), "{text}");
 }
 
 #[tokio::test]

@@ -104,13 +104,16 @@ async fn a_client_that_gives_up_during_the_upgrade_leaves_nothing_behind() {
     let gateway = Gateway::start(
         Some(&redis),
         &[
-            ("GW__REDIS__SUBSCRIBE_TIMEOUT_MS", "3000"),
+            // Longer than the test waits for anything: the upgrades stay pending until the
+            // clients hang up, so the registrations seen below are those of pending upgrades.
+            ("GW__REDIS__SUBSCRIBE_TIMEOUT_MS", "60000"),
             ("GW__WS__UNSUBSCRIBE_LINGER_MS", "100"),
         ],
     );
     // With Redis down the upgrade waits for the subscription; these clients hang up meanwhile.
     redis.kill();
     gateway.wait_for_readiness(503);
+    let mut hanging = Vec::new();
     for user in 300..303 {
         let (status, socket) = tokio::task::spawn_blocking({
             let addr = gateway.addr;
@@ -119,8 +122,12 @@ async fn a_client_that_gives_up_during_the_upgrade_leaves_nothing_behind() {
         .await
         .unwrap();
         assert_eq!(status, None, "no answer while the subscription is pending");
-        drop(socket);
+        hanging.push(socket);
     }
+    // First see them registered (else "nothing left behind" would prove nothing), then hang up.
+    gateway.wait_metric("gateway_sockets_open", |n| n == 3);
+    gateway.wait_metric("gateway_users", |n| n == 3);
+    drop(hanging);
     gateway.wait_metric("gateway_sockets_open", |n| n == 0);
     gateway.wait_metric("gateway_users", |n| n == 0);
     redis.restart();

@@ -7,7 +7,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use e2e::{jwt, open_fds, rss_kib, Gateway, RawSocket, WsClient, DEADLINE};
+use e2e::{jwt, procfs, Gateway, RawSocket, WsClient, DEADLINE};
+
+fn rss_kib(pid: u32) -> u64 {
+    procfs::rss_kib(pid).expect("VmRSS in /proc/<pid>/status")
+}
+
+fn open_fds(pid: u32) -> usize {
+    procfs::open_files(pid).expect("/proc/<pid>/fd")
+}
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 

@@ -14,7 +14,6 @@
 //! See docs/PERFORMANCE.md for the scenarios and how to run them on a release build.
 
 mod histogram;
-mod procfs;
 mod protocol;
 mod worker;
 
@@ -25,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use e2e::{Gateway, RedisServer};
+use e2e::{procfs, Gateway, RedisServer};
 use publisher::{Level, Notification, Publisher, PublisherOptions, UserId};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -408,17 +407,26 @@ struct WorkerHandle {
     stdin: ChildStdin,
 }
 
-async fn conduct(o: Options) -> Result<Value, String> {
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+/// What a run measures: Redis and the gateways, started here unless given.
+struct Stage {
+    own_redis: Option<RedisServer>,
+    own_gateways: Vec<Gateway>,
+    redis_url: String,
+    redis_conn: redis::Connection,
+    publish_only: bool,
+    targets: Vec<SocketAddr>,
+    pids: Vec<u32>,
+}
 
-    // Redis and gateways.
+/// Step 1: Redis and gateways.
+fn stage(o: &Options) -> Result<Stage, String> {
     let own_redis = o.redis_url.is_none().then(RedisServer::start);
     let redis_url = match (&o.redis_url, &own_redis) {
         (Some(url), _) => url.clone(),
         (None, Some(redis)) => redis.url(),
         (None, None) => unreachable!("started above"),
     };
-    let mut redis_conn = redis::Client::open(redis_url.as_str())
+    let redis_conn = redis::Client::open(redis_url.as_str())
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
         .map_err(|e| format!("cannot reach Redis at {redis_url}: {e}"))?;
     let publish_only = o.sockets == SocketCount::Exactly(0);
@@ -451,7 +459,34 @@ async fn conduct(o: Options) -> Result<Value, String> {
         own_gateways.iter().map(Gateway::pid).collect()
     };
 
-    // How many sockets, users and workers.
+    Ok(Stage {
+        own_redis,
+        own_gateways,
+        redis_url,
+        redis_conn,
+        publish_only,
+        targets,
+        pids,
+    })
+}
+
+/// How many sockets, users, notifications and worker processes a run uses.
+struct Sizes {
+    sockets: u64,
+    per_user: u64,
+    users: u64,
+    messages: u64,
+    workers: u64,
+    users_per_worker: u64,
+}
+
+/// Step 2: the sizes, from the options and (for `--sockets cap`) the gateways' file limits.
+fn sizes(
+    o: &Options,
+    publish_only: bool,
+    targets: &[SocketAddr],
+    pids: &[u32],
+) -> Result<Sizes, String> {
     let sockets = match o.sockets {
         SocketCount::Exactly(n) => n,
         SocketCount::Cap => {
@@ -490,6 +525,39 @@ async fn conduct(o: Options) -> Result<Value, String> {
         return Err("more than 200 worker processes: raise --sockets-per-worker".into());
     }
     let users_per_worker = users.div_ceil(workers.max(1));
+
+    Ok(Sizes {
+        sockets,
+        per_user,
+        users,
+        messages,
+        workers,
+        users_per_worker,
+    })
+}
+
+async fn conduct(o: Options) -> Result<Value, String> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let Stage {
+        own_redis,
+        own_gateways,
+        redis_url,
+        mut redis_conn,
+        publish_only,
+        targets,
+        pids,
+    } = stage(&o)?;
+    let Sizes {
+        sockets,
+        per_user,
+        users,
+        messages,
+        workers,
+        users_per_worker,
+    } = sizes(&o, publish_only, &targets, &pids)?;
+    // Keep what this run started alive until it ends.
+    let _own = (&own_redis, &own_gateways);
 
     // Connect.
     let idle = snapshot(&pids, &mut redis_conn);

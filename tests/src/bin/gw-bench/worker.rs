@@ -22,8 +22,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::histogram::Histogram;
-use crate::procfs;
 use crate::protocol::{expected, now_ns, Command, Event, Report, WorkerPlan};
+use e2e::procfs;
 
 type Ws = WebSocketStream<TcpStream>;
 

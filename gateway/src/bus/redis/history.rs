@@ -1,0 +1,165 @@
+//! Reads users' history streams through the publisher's pool (on the master, whichever node
+//! that is now): replays after an id, the newest id of each
+//! user (where a subscription's cursor starts), and pages for the inbox endpoint.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use publisher::wire::{StreamId, UserId};
+use redis::Script;
+
+use crate::bus::BusError;
+use crate::history::{self, Replay, StreamState};
+use crate::hub::Frame;
+
+static HISTORY_READ: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("history_read.lua")));
+
+#[derive(Clone)]
+pub(super) struct HistoryReader {
+    pub(super) publisher: publisher::Publisher,
+    pub(super) timeout: Duration,
+    pub(super) max_age_ms: u64,
+}
+
+type StoredEntry = (String, Vec<(String, Vec<u8>)>);
+type ReadReply = Option<(String, u64, u64, String, String, Vec<StoredEntry>)>;
+
+impl HistoryReader {
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, BusError> {
+        let run = async {
+            let mut conn = self
+                .publisher
+                .connection()
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            // The history script only reads: sending it again after NOSCRIPT is safe.
+            publisher::script::query_loading(&mut conn, pipe, &HISTORY_READ)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, run)
+            .await
+            .unwrap_or_else(|_| Err(BusError::Unavailable("history read timed out".into())))
+    }
+
+    /// One replay per `(user, after)`, in one round trip.
+    pub(super) async fn replay_after(
+        &self,
+        reads: &[(UserId, StreamId)],
+        limit: usize,
+    ) -> Result<Vec<Replay>, BusError> {
+        let mut pipe = redis::pipe();
+        for (user, after) in reads {
+            pipe.invoke_script(
+                HISTORY_READ
+                    .key(user.history_key())
+                    .arg(format!("({after}"))
+                    .arg(limit + 1),
+            );
+        }
+        let replies: Vec<ReadReply> = self.query(&pipe).await?;
+        Ok(reads
+            .iter()
+            .zip(replies)
+            .map(|((_, after), reply)| {
+                let (state, entries) = match reply {
+                    None => (None, Vec::new()),
+                    Some((last, _added, _length, first, now_ms, entries)) => {
+                        let state = StreamState {
+                            last_id: last.parse().unwrap_or_default(),
+                            first_id: first.parse().ok(),
+                            now_ms: now_ms.parse().unwrap_or_else(|_| history::now_ms()),
+                        };
+                        (Some(state), parse_entries(entries))
+                    }
+                };
+                history::plan_replay(*after, state, entries, limit, self.max_age_ms)
+            })
+            .collect())
+    }
+
+    /// The newest stored id of each user, `ZERO` for users without history.
+    pub(super) async fn newest_ids(&self, users: &[UserId]) -> Result<Vec<StreamId>, BusError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("XREVRANGE")
+                .arg(user.history_key())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<Vec<StoredEntry>> = self.query(&pipe).await?;
+        Ok(replies
+            .into_iter()
+            .map(|newest| {
+                newest
+                    .first()
+                    .and_then(|(id, _)| id.parse().ok())
+                    .unwrap_or(StreamId::ZERO)
+            })
+            .collect())
+    }
+
+    pub(super) async fn page(
+        &self,
+        user: UserId,
+        before: Option<StreamId>,
+        limit: usize,
+    ) -> Result<Vec<Frame>, BusError> {
+        let mut pipe = redis::pipe();
+        let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        pipe.cmd("XREVRANGE")
+            .arg(user.history_key())
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit);
+        let (entries,): (Vec<StoredEntry>,) = self.query(&pipe).await?;
+        Ok(parse_entries(entries)
+            .into_iter()
+            .filter_map(|(id, payload)| history::stored_frame(id, &payload))
+            .collect())
+    }
+}
+
+fn parse_entries(entries: Vec<StoredEntry>) -> Vec<(StreamId, Vec<u8>)> {
+    entries
+        .into_iter()
+        .filter_map(|(id, fields)| {
+            let id = id.parse().ok()?;
+            let payload = fields
+                .into_iter()
+                .find(|(f, _)| f == publisher::wire::HISTORY_FIELD)?
+                .1;
+            Some((id, payload))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_without_a_readable_id_or_payload_field_are_skipped() {
+        let field = publisher::wire::HISTORY_FIELD.to_owned();
+        let entries: Vec<StoredEntry> = vec![
+            ("5-1".into(), vec![(field.clone(), b"{\"a\":1}".to_vec())]),
+            ("not-an-id".into(), vec![(field.clone(), b"{}".to_vec())]),
+            ("6-0".into(), vec![("other".into(), b"{}".to_vec())]),
+            (
+                "7-2".into(),
+                vec![("other".into(), Vec::new()), (field, b"{\"b\":2}".to_vec())],
+            ),
+        ];
+        assert_eq!(
+            parse_entries(entries),
+            vec![
+                (StreamId::new(5, 1), b"{\"a\":1}".to_vec()),
+                (StreamId::new(7, 2), b"{\"b\":2}".to_vec()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Scaled-out bus: exactly one Redis pub/sub connection per node, shared by all its sockets.
+//!
+//! Pub/sub loses what is published while a link is down, so every user also has a cursor in
+//! the hub (the newest history id delivered here, or the newest stored when the subscription
+//! started). After a reconnect the subscriber replays each user's history after its cursor
+//! before it reads live messages again; the hub drops the overlap by id.
+//!
+//! | room | what |
+//! |---|---|
+//! | `mod.rs` | [`RedisBus`]: the handle and its [`Bus`] impl; interest epochs shared with the subscriber |
+//! | `connection` | how links are obtained: one Redis, or the master the sentinels name |
+//! | `subscriber` | the task owning the subscriber link: the subscribe sequence, reconnects, pings |
+//! | `history` | history reads through the pool (replay, newest ids, pages) |
+//! | `canary` | the delivery self-check behind readiness |
+//!
+//! History reads and publishes use a separate pooled connection (publisher-lib's pool).
+
+mod canary;
+mod connection;
+mod history;
+mod subscriber;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use publisher::wire::{StreamId, UserId};
+use publisher::{Publisher, PublisherOptions};
+use tokio::sync::{watch, Notify};
+
+use super::{BoxFuture, Bus, BusError};
+use crate::config::{ms, HistorySettings, RedisSettings, RedisTopology};
+use crate::history::Replay;
+use crate::hub::{Frame, Hub};
+use crate::metrics::Metrics;
+use canary::Canary;
+use history::HistoryReader;
+use subscriber::{Subscriber, Timing};
+
+pub struct RedisBus {
+    shared: Arc<Shared>,
+    publisher: Publisher,
+    history: HistoryReader,
+}
+
+/// State shared between the bus handle and its subscriber task.
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Notify,
+    /// The highest interest epoch whose changes Redis has confirmed.
+    applied: watch::Sender<u64>,
+    connected: AtomicBool,
+    canary: Canary,
+}
+
+#[derive(Default)]
+struct Pending {
+    dirty: HashSet<UserId>,
+    /// Incremented on every interest change; the subscriber task confirms epochs in order.
+    requested: u64,
+}
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notifications published now reach this node: the link is up and canaries come back.
+    fn delivering(&self) -> bool {
+        self.connected.load(Relaxed) && self.canary.answered_in_time()
+    }
+
+    /// Wakes the callers of [`Bus::interest_changed`] waiting for `epoch` or an older one.
+    fn confirm(&self, epoch: u64) {
+        self.applied.send_if_modified(|applied| {
+            let newer = epoch > *applied;
+            if newer {
+                *applied = epoch;
+            }
+            newer
+        });
+    }
+}
+
+impl RedisBus {
+    /// Starts the subscriber task. It runs until `shutdown` turns true.
+    /// `catch_up_limit`: most frames replayed to one user after a reconnect (keep it below
+    /// the sockets' queue size).
+    pub fn start(
+        settings: &RedisSettings,
+        history: &HistorySettings,
+        catch_up_limit: usize,
+        topology: &RedisTopology,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, BusError> {
+        let options = PublisherOptions {
+            pool_size: settings.publish_pool_size,
+            max_payload_bytes: settings.max_payload_bytes,
+            history_max_len: history.max_len,
+            history_max_age: ms(history.max_age_ms),
+            min_replica_acks: settings.min_replica_acks,
+            ..PublisherOptions::default()
+        };
+        let (connector, publisher) = connection::open(settings, topology, options)?;
+        let reader = HistoryReader {
+            publisher: publisher.clone(),
+            timeout: ms(history.read_timeout_ms),
+            max_age_ms: history.max_age_ms,
+        };
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            wake: Notify::new(),
+            applied: watch::Sender::new(0),
+            connected: AtomicBool::new(false),
+            canary: Canary::new(ms(settings.canary_timeout_ms)),
+        });
+        let timing = Timing {
+            reconnect_min: ms(settings.reconnect_min_ms),
+            reconnect_max: ms(settings.reconnect_max_ms),
+            ping_interval: ms(settings.ping_interval_ms),
+        };
+        let subscriber = Subscriber {
+            shared: shared.clone(),
+            hub,
+            metrics,
+            timing,
+            history: reader.clone(),
+            catch_up_limit,
+        };
+        tokio::spawn(subscriber.run(connector, shutdown.clone()));
+        tokio::spawn(canary::send_canaries(
+            shared.clone(),
+            publisher.clone(),
+            ms(settings.canary_interval_ms),
+            shutdown,
+        ));
+        Ok(RedisBus {
+            shared,
+            publisher,
+            history: reader,
+        })
+    }
+}
+
+impl Bus for RedisBus {
+    fn interest_changed(&self, user: UserId) -> BoxFuture<()> {
+        let epoch = {
+            let mut pending = self.shared.pending();
+            pending.dirty.insert(user);
+            pending.requested += 1;
+            pending.requested
+        };
+        self.shared.wake.notify_one();
+        let mut applied = self.shared.applied.subscribe();
+        Box::pin(async move {
+            // Err only when the subscriber task is gone, i.e. the node is shutting down.
+            let _ = applied.wait_for(|&done| done >= epoch).await;
+        })
+    }
+
+    fn publish(&self, users: Vec<UserId>, payload: Vec<u8>) -> BoxFuture<Result<usize, BusError>> {
+        let publisher = self.publisher.clone();
+        Box::pin(async move {
+            publisher
+                .publish_payload_many(&users, &payload)
+                .await
+                .map_err(|e| match e.kind() {
+                    publisher::ErrorKind::InvalidInput | publisher::ErrorKind::TooLarge => {
+                        BusError::Invalid(e.to_string())
+                    }
+                    _ => BusError::Unavailable(e.to_string()),
+                })
+        })
+    }
+
+    fn replay_after(
+        &self,
+        user: UserId,
+        after: StreamId,
+        limit: usize,
+    ) -> BoxFuture<Result<Replay, BusError>> {
+        let history = self.history.clone();
+        Box::pin(async move {
+            history
+                .replay_after(&[(user, after)], limit)
+                .await
+                .map(|mut r| r.remove(0))
+        })
+    }
+
+    fn history_page(
+        &self,
+        user: UserId,
+        before: Option<StreamId>,
+        limit: usize,
+    ) -> BoxFuture<Result<Vec<Frame>, BusError>> {
+        let history = self.history.clone();
+        Box::pin(async move { history.page(user, before, limit).await })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.delivering()
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
