@@ -55,6 +55,9 @@ if ! python3 -c "import redis, yaml, jsonschema, kubernetes_validate" 2>/dev/nul
     python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${python_packages[@]}"
 fi
 
+# node-redis for the Node.js snippets of docs/PROTOCOL.md that the end-to-end tests run.
+./tests/node.sh
+
 cargo test --workspace --locked "$@"
 
 # The Python client (clients/python) in a virtualenv of its own.

@@ -58,6 +58,11 @@ pub struct RedisSettings {
     pub max_payload_bytes: usize,
     pub publish_pool_size: usize,
     pub ca_file: String,
+    pub sentinels: String,
+    pub sentinel_master: String,
+    pub sentinel_password: String,
+    pub password: String,
+    pub min_replica_acks: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +221,8 @@ impl Settings {
                 "must start with redis:// or rediss://, or be empty for single-node mode",
             ));
         }
+        self.validate_sentinel()
+            .map_err(|(key, problem)| invalid(key, problem))?;
         if self.ws.ping_interval_ms == 0 {
             return Err(invalid("ws.ping_interval_ms", "must be greater than 0"));
         }
@@ -339,10 +346,10 @@ impl Settings {
 
         let auth = &self.auth;
         match auth.mode {
-            AuthMode::Unset if self.redis_url().is_some() => {
+            AuthMode::Unset if self.redis_topology().is_some() => {
                 return Err(invalid(
                     "auth.mode",
-                    "must be set when redis.url is set (scaled-out mode): \"jwt\" to verify \
+                    "must be set when redis.url or redis.sentinels is set (scaled-out mode): \"jwt\" to verify \
                      tokens, or \"none\" to let anyone open any user's socket",
                 ))
             }
@@ -434,6 +441,107 @@ impl Settings {
     pub fn redis_url(&self) -> Option<&str> {
         Some(self.redis.url.trim()).filter(|u| !u.is_empty())
     }
+
+    /// The Redis the node subscribes through; `None` in single-node mode.
+    pub fn redis_topology(&self) -> Option<RedisTopology> {
+        if let Some(url) = self.redis_url() {
+            return Some(RedisTopology::Single(url.to_owned()));
+        }
+        let sentinels = sentinel_addresses(&self.redis.sentinels);
+        if sentinels.is_empty() {
+            return None;
+        }
+        let optional = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        Some(RedisTopology::Sentinel(publisher::SentinelConfig {
+            sentinels,
+            master_name: self.redis.sentinel_master.trim().to_owned(),
+            sentinel_password: optional(&self.redis.sentinel_password),
+            password: optional(&self.redis.password),
+        }))
+    }
+
+    /// `redis.sentinels` and its companions: Sentinel, or a single `redis.url`, never both.
+    fn validate_sentinel(&self) -> Result<(), (&'static str, String)> {
+        let redis = &self.redis;
+        let sentinels = sentinel_addresses(&redis.sentinels);
+        let master = redis.sentinel_master.trim();
+        if sentinels.is_empty() {
+            if !master.is_empty() {
+                return Err((
+                    "redis.sentinels",
+                    "must list the sentinels (host:port,host:port,...) when \
+                     redis.sentinel_master is set"
+                        .into(),
+                ));
+            }
+            for (key, value) in [
+                ("redis.sentinel_password", &redis.sentinel_password),
+                ("redis.password", &redis.password),
+            ] {
+                if !value.is_empty() {
+                    return Err((
+                        key,
+                        "is only used with redis.sentinels; with redis.url, put the \
+                         password in the URL (redis://:password@host:6379)"
+                            .into(),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if self.redis_url().is_some() {
+            return Err((
+                "redis.sentinels",
+                "cannot be combined with redis.url: set redis.url for one Redis server, or \
+                 redis.sentinels and redis.sentinel_master for a Sentinel-watched master"
+                    .into(),
+            ));
+        }
+        if master.is_empty() {
+            return Err((
+                "redis.sentinel_master",
+                "must name the master the sentinels monitor (`sentinel monitor <name> ...`) \
+                 when redis.sentinels is set"
+                    .into(),
+            ));
+        }
+        for address in &sentinels {
+            let valid = address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err((
+                    "redis.sentinels",
+                    format!("{address:?} is not host:port (e.g. 10.0.0.5:26379)"),
+                ));
+            }
+        }
+        if !redis.ca_file.trim().is_empty() {
+            return Err((
+                "redis.ca_file",
+                "TLS to a Sentinel-watched master is not supported yet: leave it empty".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a scaled-out node finds Redis.
+#[derive(Debug, Clone)]
+pub enum RedisTopology {
+    /// `redis.url`: one server.
+    Single(String),
+    /// `redis.sentinels` + `redis.sentinel_master`: the master of a Sentinel-watched set.
+    Sentinel(publisher::SentinelConfig),
+}
+
+/// `redis.sentinels` split on commas, blanks dropped.
+fn sentinel_addresses(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Why an HS256 secret is unusable; shared by `auth.hs256_secret` and the file variant.
@@ -545,6 +653,67 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("typo_key"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_settings_pick_the_topology() {
+        let s = with_env(&[
+            ("GW__REDIS__SENTINELS", "10.0.0.1:26379, 10.0.0.2:26379,"),
+            ("GW__REDIS__SENTINEL_MASTER", "notifications"),
+            ("GW__REDIS__PASSWORD", "pw"),
+            ("GW__AUTH__MODE", "none"),
+        ])
+        .unwrap();
+        match s.redis_topology() {
+            Some(RedisTopology::Sentinel(sentinel)) => {
+                assert_eq!(sentinel.sentinels, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+                assert_eq!(sentinel.master_name, "notifications");
+                assert_eq!(sentinel.password.as_deref(), Some("pw"));
+                assert_eq!(sentinel.sentinel_password, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Settings::defaults().redis_topology().is_none());
+    }
+
+    #[test]
+    fn invalid_topology_combinations_name_the_key() {
+        let sentinels = ("GW__REDIS__SENTINELS", "127.0.0.1:26379");
+        let master = ("GW__REDIS__SENTINEL_MASTER", "m");
+        let auth = ("GW__AUTH__MODE", "none");
+        for (env, key) in [
+            (
+                vec![
+                    ("GW__REDIS__URL", "redis://127.0.0.1:7000"),
+                    sentinels,
+                    master,
+                    auth,
+                ],
+                "redis.sentinels",
+            ),
+            (vec![sentinels, auth], "redis.sentinel_master"),
+            (vec![master, auth], "redis.sentinels"),
+            (
+                vec![("GW__REDIS__SENTINELS", "127.0.0.1"), master, auth],
+                "redis.sentinels",
+            ),
+            (
+                vec![
+                    ("GW__REDIS__PASSWORD", "pw"),
+                    ("GW__REDIS__URL", "redis://h:1"),
+                    auth,
+                ],
+                "redis.password",
+            ),
+            (
+                vec![("GW__REDIS__SENTINEL_PASSWORD", "pw")],
+                "redis.sentinel_password",
+            ),
+            (vec![sentinels, master], "auth.mode"),
+        ] {
+            let err = with_env(&env).unwrap_err().to_string();
+            assert!(err.contains(key), "{env:?}: {err}");
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::bus::{memory::MemoryBus, redis::RedisBus, Bus};
-use crate::config::{ms, Settings};
+use crate::config::{ms, RedisTopology, Settings};
 use crate::history::MemoryHistory;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -86,8 +86,8 @@ pub async fn run(
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let bus: Arc<dyn Bus> = match settings.redis_url() {
-        Some(url) => {
+    let bus: Arc<dyn Bus> = match settings.redis_topology() {
+        Some(topology) => {
             let bus = RedisBus::start(
                 &settings.redis,
                 &settings.history,
@@ -97,13 +97,22 @@ pub async fn run(
                     .replay_limit
                     .min(settings.ws.outbound_queue / 2)
                     .max(1),
-                url,
+                &topology,
                 hub.clone(),
                 metrics.clone(),
                 stop_rx.clone(),
             )
             .map_err(std::io::Error::other)?;
-            tracing::info!(redis = %redact_url(url), "scaled-out mode: subscribing through Redis");
+            match &topology {
+                RedisTopology::Single(url) => {
+                    tracing::info!(redis = %redact_url(url), "scaled-out mode: subscribing through Redis")
+                }
+                RedisTopology::Sentinel(sentinel) => tracing::info!(
+                    sentinels = ?sentinel.sentinels,
+                    master = %sentinel.master_name,
+                    "scaled-out mode: subscribing through the Redis master the sentinels name"
+                ),
+            }
             Arc::new(bus)
         }
         None => {

@@ -123,11 +123,25 @@ impl PublishError {
         }
         match err.kind() {
             K::InvalidClientConfig => PublishError::InvalidConfig(err),
+            // No sentinel answered, or none knows a reachable master yet (mid-failover).
+            K::MasterNameNotFoundBySentinel | K::EmptySentinelList => Self::unavailable(err),
             _ => PublishError::RedisRejected(err),
         }
     }
 
     /// Maps a pool checkout failure. `timeout` is the caller's deadline, reported on timeouts.
+    pub(crate) fn from_sentinel_pool(
+        err: deadpool::managed::PoolError<RedisError>,
+        timeout: Duration,
+    ) -> Self {
+        use deadpool::managed::PoolError as P;
+        match err {
+            P::Backend(e) => Self::from_redis(e, timeout),
+            P::Timeout(_) => PublishError::Timeout(timeout),
+            other => Self::unavailable(PoolFailure(other.to_string())),
+        }
+    }
+
     pub(crate) fn from_pool(err: deadpool_redis::PoolError, timeout: Duration) -> Self {
         use deadpool_redis::PoolError as P;
         match err {

@@ -46,9 +46,11 @@ pub mod wire;
 mod error;
 mod notification;
 mod publisher;
+mod topology;
 
 pub use error::{ErrorKind, PublishError};
 pub use events::{Event, EventError};
 pub use notification::Notification;
 pub use publisher::{Publisher, PublisherOptions, Receipt};
+pub use topology::{PooledConnection, SentinelConfig};
 pub use wire::{Level, StreamId, UserId};

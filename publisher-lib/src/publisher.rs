@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::error::PublishError;
 use crate::notification::{now_millis, Notification};
 use crate::script;
+use crate::topology::{PooledConnection, SentinelConfig, SentinelManager, SentinelPool};
 use crate::wire::{self, StreamId, UserId};
 
 /// The history-and-publish script, hashed once (EVALSHA after the first load).
@@ -22,6 +23,9 @@ static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(wire::PUB
 
 /// First pause before retrying a connection error; doubles on each further retry.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest pause between retries, so that a publisher waiting out a failover notices the new
+/// master soon after the sentinels announce it.
+const MAX_RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
 const CERTIFICATE_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
@@ -51,7 +55,9 @@ pub struct PublisherOptions {
     pub max_payload_bytes: usize,
     /// Extra attempts after a connection error (Redis restarting, failover), with a short
     /// doubling pause starting at 50 ms, all within `timeout`. Default 2. Errors Redis answers
-    /// with (wrong password, ACL) and timeouts are never retried.
+    /// with (wrong password, ACL) and timeouts are never retried. A publisher built
+    /// [`with_sentinel`](Publisher::with_sentinel) retries connection errors until `timeout`
+    /// whatever this says (pauses capped at 250 ms): a failover takes seconds.
     pub retries: u32,
     /// Notifications kept per user in the history stream (approximately: Redis trims in whole
     /// blocks, so a little more may be kept). Default 1000. Clients that reconnect are
@@ -61,11 +67,21 @@ pub struct PublisherOptions {
     /// when nothing was published to them for this long. Default 24 h; zero keeps entries
     /// regardless of age.
     pub history_max_age: Duration,
+    /// Replicas that must hold a notification before a publish is acknowledged (Redis
+    /// `WAIT`, within `timeout`). Default 0: acknowledged once the master ran the script.
+    /// With Sentinel, 1 closes the window in which a master that dies right after answering
+    /// takes an acknowledged notification with it (the sentinels promote the replica that is
+    /// most up to date). A publish whose replicas do not confirm in time is retried with its
+    /// one-time token (never stored twice) within `timeout`, then fails with
+    /// [`ErrorKind::RedisUnavailable`](crate::ErrorKind::RedisUnavailable) or
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout): the notification may be stored and
+    /// delivered all the same, but is not known to survive a failover.
+    pub min_replica_acks: u32,
 }
 
 impl Default for PublisherOptions {
     /// `pool_size` 8, `timeout` 2 s, `max_payload_bytes` 64 KiB, `retries` 2,
-    /// `history_max_len` 1000, `history_max_age` 24 h.
+    /// `history_max_len` 1000, `history_max_age` 24 h, `min_replica_acks` 0.
     fn default() -> Self {
         PublisherOptions {
             pool_size: 8,
@@ -74,6 +90,7 @@ impl Default for PublisherOptions {
             retries: 2,
             history_max_len: 1000,
             history_max_age: Duration::from_secs(24 * 3600),
+            min_replica_acks: 0,
         }
     }
 }
@@ -139,8 +156,20 @@ pub struct Receipt {
 /// delivers a notification twice.
 #[derive(Clone)]
 pub struct Publisher {
-    pool: Pool,
+    connections: Connections,
     options: PublisherOptions,
+}
+
+/// Where the pooled connections go.
+#[derive(Clone)]
+enum Connections {
+    /// One server at a fixed address.
+    Single {
+        pool: Pool,
+        client: Option<Box<redis::Client>>,
+    },
+    /// Whichever node the sentinels name master.
+    Sentinel(SentinelPool),
 }
 
 impl fmt::Debug for Publisher {
@@ -148,7 +177,13 @@ impl fmt::Debug for Publisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Publisher")
             .field("options", &self.options)
-            .field("pool", &self.pool.status())
+            .field(
+                "pool",
+                &match &self.connections {
+                    Connections::Single { pool, .. } => pool.status(),
+                    Connections::Sentinel(pool) => pool.status(),
+                },
+            )
             .finish()
     }
 }
@@ -208,11 +243,12 @@ impl Publisher {
         options: PublisherOptions,
     ) -> Result<Self, PublishError> {
         options.validate()?;
-        // redis-rs would otherwise use its own 1 s connect / 500 ms reply defaults.
-        let connection = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(options.timeout))
-            .set_response_timeout(Some(options.timeout));
-        let manager = Manager::new_with_config(target, connection)
+        let info = target
+            .into_connection_info()
+            .map_err(|e| PublishError::from_redis(e, options.timeout))?;
+        let client = redis::Client::open(info.clone())
+            .map_err(|e| PublishError::from_redis(e, options.timeout))?;
+        let manager = Manager::new_with_config(info, connection_config(&options))
             .map_err(|e| PublishError::from_redis(e, options.timeout))?;
         // deadpool waits forever by default; bound every step of a checkout too.
         let pool = Pool::builder(manager)
@@ -223,7 +259,42 @@ impl Publisher {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|_| PublishError::InvalidOptions("the connection pool could not be built"))?;
-        Ok(Publisher { pool, options })
+        Ok(Publisher {
+            connections: Connections::Single {
+                pool,
+                client: Some(Box::new(client)),
+            },
+            options,
+        })
+    }
+
+    /// A publisher for the master of a Sentinel-watched set: it asks the sentinels where the
+    /// master is, and again when a connection breaks or a node answers that it is a replica,
+    /// so it follows a failover by itself. Never writes to a replica.
+    ///
+    /// A failover takes seconds (the sentinels' `down-after-milliseconds` plus the election):
+    /// with Sentinel, connection errors are retried until `options.timeout`, not just
+    /// `options.retries` times, so give it a timeout longer than your failovers take if the
+    /// caller should not see them. Does not touch the network.
+    pub fn with_sentinel(
+        sentinel: SentinelConfig,
+        options: PublisherOptions,
+    ) -> Result<Self, PublishError> {
+        options.validate()?;
+        let manager =
+            SentinelManager::new(&sentinel, connection_config(&options), options.timeout)?;
+        let pool = SentinelPool::builder(manager)
+            .max_size(options.pool_size)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|_| PublishError::InvalidOptions("the connection pool could not be built"))?;
+        Ok(Publisher {
+            connections: Connections::Sentinel(pool),
+            options,
+        })
     }
 
     /// A publisher over a pool you built yourself (to share it, or for settings this crate
@@ -231,7 +302,10 @@ impl Publisher {
     /// call, whatever timeouts the pool has.
     pub fn from_pool(pool: Pool, options: PublisherOptions) -> Result<Self, PublishError> {
         options.validate()?;
-        Ok(Publisher { pool, options })
+        Ok(Publisher {
+            connections: Connections::Single { pool, client: None },
+            options,
+        })
     }
 
     /// The options this publisher was built with.
@@ -239,10 +313,52 @@ impl Publisher {
         &self.options
     }
 
-    /// The connection pool, for other commands on the same Redis (a gateway reads history
-    /// through it).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// A pooled connection to the master, for other commands on the same Redis (a gateway
+    /// reads history through it). Bounded by `options.timeout`.
+    pub async fn connection(&self) -> Result<PooledConnection, PublishError> {
+        let timeout = self.options.timeout;
+        match &self.connections {
+            Connections::Single { pool, .. } => pool
+                .get()
+                .await
+                .map(PooledConnection::Single)
+                .map_err(|e| PublishError::from_pool(e, timeout)),
+            Connections::Sentinel(pool) => pool
+                .get()
+                .await
+                .map(PooledConnection::Sentinel)
+                .map_err(|e| PublishError::from_sentinel_pool(e, timeout)),
+        }
+    }
+
+    /// A client for the master as of now, for a connection of your own (a gateway subscribes
+    /// on one). With Sentinel this asks the sentinels; call it again after a failover.
+    /// `None` for a publisher built [`from_pool`](Publisher::from_pool).
+    pub async fn master_client(&self) -> Result<Option<redis::Client>, PublishError> {
+        match &self.connections {
+            Connections::Single { client, .. } => Ok(client.as_deref().cloned()),
+            Connections::Sentinel(pool) => pool
+                .manager()
+                .master()
+                .await
+                .map(Some)
+                .map_err(|e| PublishError::from_redis(e, self.options.timeout)),
+        }
+    }
+
+    /// Drops `conn` and every idle pooled connection: after a READONLY reply (or replicas
+    /// that no longer follow), those may all lead to a demoted master.
+    fn forget(&self, conn: PooledConnection) {
+        if let Connections::Sentinel(pool) = &self.connections {
+            pool.retain(|_, _| false);
+        }
+        if let PooledConnection::Sentinel(conn) = conn {
+            let _ = deadpool::managed::Object::take(conn);
+        }
+    }
+
+    fn follows_failover(&self) -> bool {
+        matches!(self.connections, Connections::Sentinel(_))
     }
 
     /// Checks that Redis answers (for startup and health checks).
@@ -436,18 +552,22 @@ impl Publisher {
         let mut backoff = RETRY_BACKOFF;
         let mut pipe = build(false);
         loop {
-            let result = tokio::time::timeout_at(deadline, self.attempt(&pipe))
+            let result = tokio::time::timeout_at(deadline, self.attempt(&pipe, deadline))
                 .await
                 .unwrap_or(Err(PublishError::Timeout(timeout)));
             match result {
-                Err(err) if err.is_connection_error() && retries_left > 0 => {
+                // With Sentinel, retrying until the deadline rides out a failover.
+                Err(err)
+                    if err.is_connection_error()
+                        && (retries_left > 0 || self.follows_failover()) =>
+                {
                     // No point sleeping past the deadline: report the real cause instead.
                     if Instant::now() + backoff >= deadline {
                         return Err(err);
                     }
-                    retries_left -= 1;
+                    retries_left = retries_left.saturating_sub(1);
                     tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
                     pipe = build(true);
                 }
                 other => return other,
@@ -455,19 +575,58 @@ impl Publisher {
         }
     }
 
-    async fn attempt<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, PublishError> {
+    async fn attempt<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        deadline: Instant,
+    ) -> Result<T, PublishError> {
         let timeout = self.options.timeout;
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| PublishError::from_pool(e, timeout))?;
+        let mut conn = self.connection().await?;
         // Safe to send again after NOSCRIPT: the pipeline is one invocation, or several
         // behind a SCRIPT LOAD (see script_pipeline), so none of them ran.
-        script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT)
-            .await
-            .map_err(|e| PublishError::from_redis(e, timeout))
+        let result = script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT).await;
+        if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+        {
+            // Nothing ran: a replica refuses the whole script. The master moved; find it.
+            self.forget(conn);
+            return Err(PublishError::unavailable(
+                result.err().expect("checked above"),
+            ));
+        }
+        let value = result.map_err(|e| PublishError::from_redis(e, timeout))?;
+        let wanted = self.options.min_replica_acks;
+        if wanted > 0 {
+            // WAIT counts the replicas that hold everything this connection wrote so far.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let acked: u32 = redis::cmd("WAIT")
+                .arg(wanted)
+                .arg(left.as_millis().max(1) as u64)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| PublishError::from_redis(e, timeout))?;
+            if acked < wanted {
+                // Perhaps a master whose replicas follow another one now: ask again.
+                self.forget(conn);
+                return Err(PublishError::unavailable(NotReplicated { acked, wanted }));
+            }
+        }
+        Ok(value)
     }
+}
+
+/// Fewer replicas than [`PublisherOptions::min_replica_acks`] confirmed a write in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{acked} of the {wanted} replicas required confirmed the write in time")]
+struct NotReplicated {
+    acked: u32,
+    wanted: u32,
+}
+
+/// redis-rs would otherwise use its own 1 s connect / 500 ms reply defaults.
+fn connection_config(options: &PublisherOptions) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(options.timeout))
+        .set_response_timeout(Some(options.timeout))
 }
 
 /// A pipeline for `invocations` runs of the publish script. Several are preceded by a SCRIPT

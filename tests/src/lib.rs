@@ -16,6 +16,7 @@
 
 pub mod procfs;
 pub mod proxy;
+pub mod topology;
 
 mod gateway_process;
 mod redis_server;

@@ -11,11 +11,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use publisher::{ErrorKind, Level, Notification, Publisher, PublisherOptions, UserId};
+use publisher::{
+    ErrorKind, Level, Notification, Publisher, PublisherOptions, SentinelConfig, UserId,
+};
 use serde_json::{Map, Value};
 
 const USAGE: &str = "\
-usage: notify [--redis URL] --user ID [--user ID ...] NOTIFICATION [--timeout-ms N]
+usage: notify [--redis URL | --sentinels HOST:PORT,... --sentinel-master NAME]
+              --user ID [--user ID ...] NOTIFICATION [--timeout-ms N]
 
 NOTIFICATION is either
   --type success|info|warning|error --message TEXT [--event NAME] [--data JSON]
@@ -24,6 +27,10 @@ or a typed event, with its level and default message:
   (events and their data fields: docs/PROTOCOL.md)
 
 --redis     Redis the gateways subscribe to; default $REDIS_URL, else redis://127.0.0.1:6379
+--sentinels, --sentinel-master  instead of --redis, for a master watched by Redis Sentinel
+            (the gateways' redis.sentinels and redis.sentinel_master; default
+            $REDIS_SENTINELS and $REDIS_SENTINEL_MASTER); passwords from
+            $REDIS_SENTINEL_PASSWORD (the sentinels') and $REDIS_PASSWORD (the master's)
 --data      a JSON object, e.g. '{\"booking_id\":1881,\"slot\":\"A-12\",\"minutes_left\":5}'
 --timeout-ms  upper bound for the whole publish (default 2000)
 
@@ -33,8 +40,14 @@ Exit status: 0 published, 1 Redis unavailable or too slow, 2 bad input.";
 /// A command line that cannot be acted on; exit status 2.
 struct BadInput(String);
 
+/// Which Redis to publish through.
+enum Target {
+    Url(String),
+    Sentinel(SentinelConfig),
+}
+
 struct Args {
-    redis: String,
+    redis: Target,
     users: Vec<UserId>,
     notification: Notification,
     timeout: Duration,
@@ -71,7 +84,11 @@ async fn publish(args: Args) -> ExitCode {
         timeout: args.timeout,
         ..Default::default()
     };
-    let result = match Publisher::with_options(&args.redis, options) {
+    let publisher = match args.redis {
+        Target::Url(url) => Publisher::with_options(&url, options),
+        Target::Sentinel(sentinel) => Publisher::with_sentinel(sentinel, options),
+    };
+    let result = match publisher {
         Ok(publisher) => match args.users.as_slice() {
             [user] => publisher.publish(*user, args.notification).await,
             users => publisher.publish_many(users, args.notification).await,
@@ -98,6 +115,8 @@ async fn publish(args: Args) -> ExitCode {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInput> {
     let mut redis = std::env::var("REDIS_URL").ok();
+    let mut sentinels = std::env::var("REDIS_SENTINELS").ok();
+    let mut sentinel_master = std::env::var("REDIS_SENTINEL_MASTER").ok();
     let mut users = Vec::new();
     let (mut level, mut message, mut event, mut data) = (None, None, None, None);
     let mut timeout = Duration::from_secs(2);
@@ -112,6 +131,8 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
         };
         match flag.as_str() {
             "--redis" => redis = Some(value()?),
+            "--sentinels" => sentinels = Some(value()?),
+            "--sentinel-master" => sentinel_master = Some(value()?),
             "--user" => {
                 let id = value()?;
                 users.push(
@@ -164,8 +185,31 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
         data.unwrap_or_else(Map::new),
     )
     .map_err(|e| BadInput(e.to_string()))?;
+    let sentinels = sentinels.filter(|s| !s.trim().is_empty());
+    let redis = match (sentinels, sentinel_master) {
+        (None, None) => Target::Url(redis.unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())),
+        (Some(_), None) => {
+            return Err(BadInput(
+                "--sentinels needs --sentinel-master (the name the sentinels monitor)".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(BadInput(
+                "--sentinel-master needs --sentinels (host:port,host:port,...)".into(),
+            ))
+        }
+        (Some(list), Some(master)) => {
+            let mut sentinel = SentinelConfig::new(
+                list.split(',').map(str::trim).filter(|a| !a.is_empty()),
+                master,
+            );
+            sentinel.sentinel_password = std::env::var("REDIS_SENTINEL_PASSWORD").ok();
+            sentinel.password = std::env::var("REDIS_PASSWORD").ok();
+            Target::Sentinel(sentinel)
+        }
+    };
     Ok(Some(Args {
-        redis: redis.unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned()),
+        redis,
         users,
         notification,
         timeout,

@@ -707,3 +707,113 @@ fn the_healthcheck_flag_answers_for_the_configured_gateway() {
         text(&out.stderr)
     );
 }
+
+/// docker-compose.sentinel.yml: a valid Compose file; its sentinel configuration, run by a
+/// real redis-server on loopback, watches a real master; and the gateway settings it layers
+/// over docker-compose.yml make a real gateway follow that master.
+#[tokio::test]
+async fn the_sentinel_compose_override_runs_as_it_says() {
+    let file = repo().join("docker-compose.sentinel.yml");
+    let errors = schema_errors(&repo().join("tests/schemas/compose-spec.json"), &file);
+    assert!(
+        errors.is_empty(),
+        "docker-compose.sentinel.yml: {errors:#?}"
+    );
+    let overlay = yaml_documents(&file).remove(0);
+    let services = overlay["services"].as_object().unwrap();
+    let sentinel_names: Vec<&String> = services
+        .keys()
+        .filter(|n| n.starts_with("sentinel-"))
+        .collect();
+    assert_eq!(sentinel_names.len(), 3, "a quorum of 2 needs 3 sentinels");
+    let base = compose();
+    let gateways = gateway_services(&base);
+
+    // The sentinel's configuration, as its command writes it, pointed at a loopback master.
+    let script = services[sentinel_names[0].as_str()]["command"][2]
+        .as_str()
+        .expect("sh -c script");
+    let config = script
+        .split("<<EOF\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nEOF").next())
+        .expect("a heredoc with the configuration");
+    let master_name = config
+        .lines()
+        .find_map(|l| l.strip_prefix("sentinel monitor "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("sentinel monitor <name> ...")
+        .to_owned();
+    let master = RedisServer::start();
+    let sentinel_port = e2e::free_port();
+    let dir = TempDir::new("compose-sentinel");
+    let local = config
+        .replace(
+            "port 26379",
+            &format!("port {sentinel_port}\nbind 127.0.0.1"),
+        )
+        .replace(" redis 6379 ", &format!(" 127.0.0.1 {} ", master.port));
+    std::fs::write(dir.0.join("sentinel.conf"), local).unwrap();
+    let _sentinel = KillOnDrop(
+        Command::new(require_program("redis-server", "redis-server"))
+            .arg(dir.0.join("sentinel.conf"))
+            .arg("--sentinel")
+            .current_dir(&dir.0)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the compose sentinel configuration"),
+    );
+
+    for (name, _) in &gateways {
+        let env = &services[name.as_str()]["environment"];
+        assert_eq!(
+            env["GW__REDIS__URL"], "",
+            "{name}: the overlay clears redis.url"
+        );
+        let listed: Vec<&str> = env["GW__REDIS__SENTINELS"]
+            .as_str()
+            .expect("GW__REDIS__SENTINELS")
+            .split(',')
+            .collect();
+        let expected: Vec<String> = sentinel_names
+            .iter()
+            .map(|n| format!("{n}:26379"))
+            .collect();
+        assert_eq!(listed, expected, "{name}: every sentinel service");
+        assert_eq!(
+            env["GW__REDIS__SENTINEL_MASTER"],
+            master_name.as_str(),
+            "{name}"
+        );
+    }
+    // The first gateway's overlay settings, with the loopback sentinel for the compose ones.
+    let env = services[gateways[0].0.as_str()]["environment"]
+        .as_object()
+        .unwrap();
+    let sentinels = format!("127.0.0.1:{sentinel_port}");
+    let settings: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "GW__REDIS__SENTINELS" => (k.as_str(), sentinels.as_str()),
+            _ => (k.as_str(), v.as_str().expect("string values")),
+        })
+        // No replica here to confirm writes; the gateway's readiness does not need one.
+        .filter(|(k, _)| *k != "GW__REDIS__MIN_REPLICA_ACKS")
+        .collect();
+    let gateway = Gateway::start(None, &settings);
+    let mut client = e2e::WsClient::connect(&gateway.ws_url("5")).await;
+    assert_eq!(
+        master.publish_raw("user_5", br#"{"type":"info","message":"via sentinel"}"#),
+        1
+    );
+    assert_eq!(client.next_json().await["message"], "via sentinel");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

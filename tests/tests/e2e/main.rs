@@ -14,6 +14,7 @@ mod nginx;
 mod readiness;
 mod redis_security;
 mod resume;
+mod sentinel;
 mod socket_limits;
 mod subscriptions;
 

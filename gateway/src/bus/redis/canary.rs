@@ -76,7 +76,7 @@ impl Canary {
 /// up. One that fails to publish counts as unanswered too: the node cannot reach Redis.
 pub(super) async fn send_canaries(
     shared: Arc<Shared>,
-    pool: deadpool_redis::Pool,
+    publisher: publisher::Publisher,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -93,7 +93,7 @@ pub(super) async fn send_canaries(
         let canary = &shared.canary;
         let seq = canary.send_next();
         let publish = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = publisher.connection().await.map_err(|e| e.to_string())?;
             redis::cmd("PUBLISH")
                 .arg(&canary.channel)
                 .arg(seq)

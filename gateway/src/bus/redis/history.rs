@@ -1,4 +1,5 @@
-//! Reads users' history streams through the pool: replays after an id, the newest id of each
+//! Reads users' history streams through the publisher's pool (on the master, whichever node
+//! that is now): replays after an id, the newest id of each
 //! user (where a subscription's cursor starts), and pages for the inbox endpoint.
 
 use std::sync::LazyLock;
@@ -16,7 +17,7 @@ static HISTORY_READ: LazyLock<Script> =
 
 #[derive(Clone)]
 pub(super) struct HistoryReader {
-    pub(super) pool: deadpool_redis::Pool,
+    pub(super) publisher: publisher::Publisher,
     pub(super) timeout: Duration,
     pub(super) max_age_ms: u64,
 }
@@ -28,8 +29,8 @@ impl HistoryReader {
     async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, BusError> {
         let run = async {
             let mut conn = self
-                .pool
-                .get()
+                .publisher
+                .connection()
                 .await
                 .map_err(|e| BusError::Unavailable(e.to_string()))?;
             // The history script only reads: sending it again after NOSCRIPT is safe.

@@ -8,7 +8,7 @@
 //! | room | what |
 //! |---|---|
 //! | `mod.rs` | [`RedisBus`]: the handle and its [`Bus`] impl; interest epochs shared with the subscriber |
-//! | `connection` | how links are obtained (one Redis today; the seam for Sentinel and Cluster) |
+//! | `connection` | how links are obtained: one Redis, or the master the sentinels name |
 //! | `subscriber` | the task owning the subscriber link: the subscribe sequence, reconnects, pings |
 //! | `history` | history reads through the pool (replay, newest ids, pages) |
 //! | `canary` | the delivery self-check behind readiness |
@@ -29,7 +29,7 @@ use publisher::{Publisher, PublisherOptions};
 use tokio::sync::{watch, Notify};
 
 use super::{BoxFuture, Bus, BusError};
-use crate::config::{ms, HistorySettings, RedisSettings};
+use crate::config::{ms, HistorySettings, RedisSettings, RedisTopology};
 use crate::history::Replay;
 use crate::hub::{Frame, Hub};
 use crate::metrics::Metrics;
@@ -90,7 +90,7 @@ impl RedisBus {
         settings: &RedisSettings,
         history: &HistorySettings,
         catch_up_limit: usize,
-        url: &str,
+        topology: &RedisTopology,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
@@ -100,11 +100,12 @@ impl RedisBus {
             max_payload_bytes: settings.max_payload_bytes,
             history_max_len: history.max_len,
             history_max_age: ms(history.max_age_ms),
+            min_replica_acks: settings.min_replica_acks,
             ..PublisherOptions::default()
         };
-        let (connector, publisher) = connection::open(settings, url, options)?;
+        let (connector, publisher) = connection::open(settings, topology, options)?;
         let reader = HistoryReader {
-            pool: publisher.pool().clone(),
+            publisher: publisher.clone(),
             timeout: ms(history.read_timeout_ms),
             max_age_ms: history.max_age_ms,
         };
@@ -131,7 +132,7 @@ impl RedisBus {
         tokio::spawn(subscriber.run(connector, shutdown.clone()));
         tokio::spawn(canary::send_canaries(
             shared.clone(),
-            reader.pool.clone(),
+            publisher.clone(),
             ms(settings.canary_interval_ms),
             shutdown,
         ));

@@ -42,6 +42,8 @@ pub(super) enum LinkError {
     },
     #[error("{0} timed out")]
     TimedOut(&'static str),
+    #[error("the sentinels name another master than {0}")]
+    MasterMoved(redis::ConnectionAddr),
     #[error("connection closed")]
     Closed,
 }
@@ -104,13 +106,13 @@ impl Subscriber {
                 return;
             }
             match tokio::time::timeout(self.timing.ping_interval, connector.pubsub()).await {
-                Ok(Ok(pubsub)) => {
+                Ok(Ok((pubsub, addr))) => {
                     if ever_connected {
                         self.metrics.redis_reconnects_total.fetch_add(1, Relaxed);
                     }
                     ever_connected = true;
                     backoff = self.timing.reconnect_min;
-                    let outcome = self.serve(pubsub, &mut shutdown).await;
+                    let outcome = self.serve(pubsub, &connector, &addr, &mut shutdown).await;
                     self.shared.connected.store(false, Relaxed);
                     self.metrics.redis_connected.store(0, Relaxed);
                     self.metrics.subscriptions.store(0, Relaxed);
@@ -136,6 +138,8 @@ impl Subscriber {
     async fn serve(
         &self,
         pubsub: redis::aio::PubSub,
+        connector: &Connector,
+        addr: &redis::ConnectionAddr,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
         let (sink, mut stream) = pubsub.split();
@@ -175,6 +179,9 @@ impl Subscriber {
                 }
                 _ = ping.tick() => {
                     bounded("ping", ping_interval, link.sink.ping::<redis::Value>()).await?;
+                    if tokio::time::timeout(ping_interval, connector.moved_from(addr)).await == Ok(true) {
+                        return Err(LinkError::MasterMoved(addr.clone()));
+                    }
                 }
                 _ = shutdown.changed() => return Ok(()),
             }

@@ -1,0 +1,328 @@
+//! Where Redis is: one server at a fixed address, or the master of a Sentinel-watched set,
+//! which moves to a replica when the master fails.
+//!
+//! With Sentinel every new pooled connection asks the sentinels for the current master and
+//! remembers its address. Before each use a pooled connection is checked: it must lead to the
+//! address the sentinels named last (during a switchover the old master keeps saying it is
+//! one until the sentinels reconfigure it, seconds later), and `ROLE` must say master (a
+//! demoted master still answers PING, but refuses writes with READONLY). A READONLY reply that
+//! still slips through empties the pool's idle connections and is retried like a dropped
+//! connection.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use deadpool::managed;
+use deadpool_redis::redis::{
+    self, aio::ConnectionLike, aio::MultiplexedConnection, sentinel::SentinelClient,
+    sentinel::SentinelNodeConnectionInfo, sentinel::SentinelServerType, AsyncConnectionConfig,
+    ConnectionAddr, RedisConnectionInfo, RedisError,
+};
+
+use crate::error::PublishError;
+
+/// A Redis master found through Sentinel.
+///
+/// ```
+/// use publisher::SentinelConfig;
+///
+/// let sentinel = SentinelConfig::new(["10.0.0.1:26379", "10.0.0.2:26379"], "notifications");
+/// assert_eq!(sentinel.master_name, "notifications");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The sentinels' addresses, `host:port` each (26379 is Sentinel's usual port). They are
+    /// asked in order; one that answers is enough.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under (`sentinel monitor <name> ...`).
+    pub master_name: String,
+    /// The sentinels' own password (`requirepass` in sentinel.conf), if any.
+    pub sentinel_password: Option<String>,
+    /// The master's password (its `requirepass`, the same on every replica), if any.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelConfig {
+    // Hand-written so that passwords never reach the logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SentinelConfig {
+    /// Sentinels without passwords.
+    pub fn new(
+        sentinels: impl IntoIterator<Item = impl Into<String>>,
+        master_name: impl Into<String>,
+    ) -> Self {
+        SentinelConfig {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master_name: master_name.into(),
+            sentinel_password: None,
+            password: None,
+        }
+    }
+
+    fn client(&self) -> Result<SentinelClient, PublishError> {
+        let invalid = |reason: String| {
+            PublishError::InvalidConfig(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid Sentinel settings",
+                reason,
+            )))
+        };
+        if self.sentinels.is_empty() {
+            return Err(invalid("no sentinel address".into()));
+        }
+        if self.master_name.trim().is_empty() {
+            return Err(invalid("the master name is empty".into()));
+        }
+        let mut urls = Vec::with_capacity(self.sentinels.len());
+        for address in &self.sentinels {
+            let address = address.trim();
+            let valid = address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(invalid(format!(
+                    "sentinel address {address:?} is not host:port"
+                )));
+            }
+            let credentials = match &self.sentinel_password {
+                Some(password) => format!(":{}@", percent_encode(password)),
+                None => String::new(),
+            };
+            urls.push(format!("redis://{credentials}{address}"));
+        }
+        let node =
+            SentinelNodeConnectionInfo::default().set_redis_connection_info(match &self.password {
+                Some(password) => RedisConnectionInfo::default().set_password(password),
+                None => RedisConnectionInfo::default(),
+            });
+        SentinelClient::build(
+            urls,
+            self.master_name.clone(),
+            Some(node),
+            SentinelServerType::Master,
+        )
+        .map_err(PublishError::InvalidConfig)
+    }
+}
+
+/// Passwords may hold URL-special characters.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Makes connections to whichever node the sentinels name master right now.
+pub struct SentinelManager {
+    client: tokio::sync::Mutex<SentinelClient>,
+    connection: AsyncConnectionConfig,
+    timeout: Duration,
+    /// The master the sentinels named last.
+    current: Mutex<Option<ConnectionAddr>>,
+}
+
+impl std::fmt::Debug for SentinelManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelManager").finish_non_exhaustive()
+    }
+}
+
+impl SentinelManager {
+    pub(crate) fn new(
+        config: &SentinelConfig,
+        connection: AsyncConnectionConfig,
+        timeout: Duration,
+    ) -> Result<Self, PublishError> {
+        Ok(SentinelManager {
+            client: tokio::sync::Mutex::new(config.client()?),
+            connection,
+            timeout,
+            current: Mutex::new(None),
+        })
+    }
+
+    /// A client for the current master, as the sentinels say and the node itself confirms.
+    pub async fn master(&self) -> Result<redis::Client, RedisError> {
+        let lookup = async { self.client.lock().await.async_get_client().await };
+        let client = tokio::time::timeout(self.timeout, lookup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no sentinel answered in time",
+                )))
+            })?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(client.get_connection_info().addr().clone());
+        Ok(client)
+    }
+
+    fn is_current(&self, addr: &ConnectionAddr) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|current| current == addr)
+    }
+}
+
+/// A connection to a node that was the master when it was opened.
+pub struct MasterConnection {
+    conn: MultiplexedConnection,
+    addr: ConnectionAddr,
+}
+
+impl ConnectionLike for MasterConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.conn.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+impl managed::Manager for SentinelManager {
+    type Type = MasterConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MasterConnection, RedisError> {
+        let client = self.master().await?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&self.connection)
+            .await?;
+        Ok(MasterConnection {
+            conn,
+            addr: client.get_connection_info().addr().clone(),
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MasterConnection,
+        _: &managed::Metrics,
+    ) -> managed::RecycleResult<RedisError> {
+        if !self.is_current(&conn.addr) {
+            return Err(managed::RecycleError::message(
+                "the sentinels name another master now",
+            ));
+        }
+        match redis::cmd("ROLE")
+            .query_async::<redis::Role>(&mut conn.conn)
+            .await?
+        {
+            redis::Role::Primary { .. } => Ok(()),
+            _ => Err(managed::RecycleError::message(
+                "demoted by a failover: no longer the master",
+            )),
+        }
+    }
+}
+
+pub(crate) type SentinelPool = managed::Pool<SentinelManager>;
+
+/// A pooled connection to the current master, whichever topology.
+pub enum PooledConnection {
+    Single(deadpool_redis::Connection),
+    Sentinel(managed::Object<SentinelManager>),
+}
+
+impl ConnectionLike for PooledConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            PooledConnection::Single(conn) => conn.req_packed_command(cmd),
+            PooledConnection::Sentinel(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            PooledConnection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            PooledConnection::Sentinel(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            PooledConnection::Single(conn) => conn.get_db(),
+            PooledConnection::Sentinel(conn) => conn.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn bad_sentinel_settings_are_invalid_input() {
+        for (sentinels, master) in [
+            (vec![], "m"),
+            (vec!["127.0.0.1:26379"], " "),
+            (vec!["127.0.0.1"], "m"),
+            (vec!["127.0.0.1:port"], "m"),
+            (vec![":26379"], "m"),
+        ] {
+            let err = SentinelConfig::new(sentinels.clone(), master)
+                .client()
+                .err()
+                .unwrap_or_else(|| panic!("{sentinels:?} {master:?} accepted"));
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        }
+        assert!(
+            SentinelConfig::new(["10.0.0.1:26379", "sentinel-b:26379"], "m")
+                .client()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let mut config = SentinelConfig::new(["127.0.0.1:26379"], "m");
+        config.sentinel_password = Some("hunter2".into());
+        config.password = Some("swordfish".into());
+        let text = format!("{config:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("swordfish"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn passwords_are_percent_encoded_for_the_sentinel_urls() {
+        assert_eq!(percent_encode("a b@c:d/%"), "a%20b%40c%3Ad%2F%25");
+    }
+}
