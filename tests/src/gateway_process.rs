@@ -30,7 +30,12 @@ pub fn gateway_binary() -> PathBuf {
 }
 
 pub struct Gateway {
+    /// The public listener: WebSocket endpoint and inbox.
     pub addr: SocketAddr,
+    /// Where the server API answers (`/api/publish`, `/metrics`, `/healthz`, `/readyz`). The
+    /// same listener as `addr` today; tests address the API through this field so that a
+    /// separate internal listener changes one place.
+    pub internal: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
     _dir: TempDir,
@@ -77,6 +82,7 @@ impl Gateway {
             .expect("spawning the gateway binary");
         Gateway {
             addr,
+            internal: addr,
             child: Some(child),
             log,
             _dir: dir,
@@ -118,7 +124,7 @@ impl Gateway {
     pub fn wait_for_readiness(&self, status: u16) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if let Ok((got, _)) = http_get(self.addr, "/readyz") {
+            if let Ok((got, _)) = http_get(self.internal, "/readyz") {
                 if got == status {
                     return;
                 }
@@ -134,7 +140,7 @@ impl Gateway {
 
     /// A metric's value from `/metrics` (a full series name, labels included).
     pub fn metric(&self, series: &str) -> u64 {
-        let (status, body) = http_get(self.addr, "/metrics").expect("GET /metrics");
+        let (status, body) = http_get(self.internal, "/metrics").expect("GET /metrics");
         assert_eq!(status, 200);
         body.lines()
             .find_map(|line| {
