@@ -227,15 +227,18 @@ pub async fn run(
     );
 
     let mut server = std::pin::pin!(server);
-    let mut internal = std::pin::pin!(internal);
+    // Spawned, so that it keeps being polled (and answers its stop command) while this task
+    // waits on the public server.
+    let mut internal = actix_web::rt::spawn(internal);
     tokio::select! {
         result = &mut server => {
             internal_handle.stop(false).await;
             return result;
         }
         result = &mut internal => {
-            handle.stop(false).await;
-            return result;
+            // The internal listener failed: stop serving altogether (the orchestrator
+            // restarts the process) rather than run without probes and metrics.
+            return result.map_err(std::io::Error::other).and_then(|served| served);
         }
         _ = shutdown => {}
     }

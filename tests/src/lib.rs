@@ -66,7 +66,7 @@ pub fn require_open_files(needed: u64) {
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
     }
-    let (soft, hard) = (limit.rlim_cur as u64, limit.rlim_max as u64);
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
     if soft >= needed {
         return;
     }
@@ -76,7 +76,7 @@ pub fn require_open_files(needed: u64) {
          (`ulimit -Hn {needed}` as root, or LimitNOFILE) and run ./tests/run.sh, which raises \
          the soft limit"
     );
-    limit.rlim_cur = needed as libc::rlim_t;
+    limit.rlim_cur = needed;
     unsafe {
         assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
     }

@@ -142,7 +142,7 @@ impl WsClient {
 /// How a `wss://` handshake through the proxy ended: connected, or refused with an HTTP
 /// status (429 from a rate limit), or failed otherwise (the message).
 pub enum TlsHandshake {
-    Connected(WsClient),
+    Connected(Box<WsClient>),
     Refused(u16),
     Failed(String),
 }
@@ -185,7 +185,7 @@ impl WsClient {
             Some(Connector::Rustls(tls)),
         );
         match tokio::time::timeout(DEADLINE, handshake).await {
-            Ok(Ok((ws, _))) => TlsHandshake::Connected(WsClient { ws }),
+            Ok(Ok((ws, _))) => TlsHandshake::Connected(Box::new(WsClient { ws })),
             Ok(Err(Error::Http(response))) => TlsHandshake::Refused(response.status().as_u16()),
             Ok(Err(e)) => TlsHandshake::Failed(e.to_string()),
             Err(_) => TlsHandshake::Failed("handshake timed out".into()),

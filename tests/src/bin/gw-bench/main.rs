@@ -420,6 +420,8 @@ struct Stage {
     redis_conn: redis::Connection,
     publish_only: bool,
     targets: Vec<SocketAddr>,
+    /// Their internal listeners, where /metrics answers (empty when not known).
+    internals: Vec<SocketAddr>,
     pids: Vec<u32>,
 }
 
@@ -477,6 +479,7 @@ fn stage(o: &Options) -> Result<Stage, String> {
         redis_conn,
         publish_only,
         targets,
+        internals,
         pids,
     })
 }
@@ -557,6 +560,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
         mut redis_conn,
         publish_only,
         targets,
+        internals,
         pids,
     } = stage(&o)?;
     let Sizes {
