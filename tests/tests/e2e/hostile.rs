@@ -671,7 +671,7 @@ fn slow_and_silent_connections_are_cut_at_the_handshake_timeout() {
     assert_eq!(status, 408);
     // A second request on the same connection: actix-http would not time it, so the gateway
     // closes every connection after its first response.
-    let first = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let first = format!("GET /api/notifications/1 HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     let (lasted, _) = trickle(addr, first.as_bytes(), &head, Duration::from_millis(50));
     assert!(
         lasted < limit + slack,
