@@ -324,7 +324,11 @@ impl Settings {
             if key.len() < 16 {
                 return Err(invalid(
                     "publish.api_keys",
-                    format!("key {} is shorter than 16 characters", n + 1),
+                    format!(
+                        "key {} is shorter than 16 characters; {}",
+                        n + 1,
+                        crate::secrets::GENERATE_HINT
+                    ),
                 ));
             }
             if let Some(problem) = crate::secrets::weakness(key) {
@@ -586,8 +590,9 @@ fn sentinel_addresses(list: &str) -> Vec<String> {
 pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
     if secret.len() < 32 {
         return Err(format!(
-            "must be at least 32 characters (256 bits) long, got {}",
-            secret.len()
+            "must be at least 32 characters (256 bits) long, got {}; {}",
+            secret.len(),
+            crate::secrets::GENERATE_HINT
         ));
     }
     // The environment parser turns numeric-looking values into numbers, which can change

@@ -134,3 +134,23 @@ fn weak_secrets_stop_start_up_naming_the_key() {
     assert!(stderr.contains("auth.hs256_secret_file"), "{stderr}");
     assert!(stderr.contains("placeholder word"), "{stderr}");
 }
+
+/// During a drain the public listener closes its sockets while the internal one keeps
+/// answering, so the orchestrator sees the replica go unready rather than vanish.
+#[test]
+fn while_draining_the_internal_listener_reports_not_ready() {
+    let mut gateway = Gateway::start(None, &[("GW__SERVER__DRAIN_TIMEOUT_MS", "3000")]);
+    // A client that never reads keeps the drain going until its deadline.
+    let (status, _stuck) = e2e::RawSocket::handshake(gateway.addr, "/ws/notifications/62/");
+    assert_eq!(status, 101);
+    // SAFETY: kill(2) on the gateway child this test owns.
+    unsafe {
+        libc::kill(gateway.pid() as libc::pid_t, libc::SIGTERM);
+    }
+    gateway.wait_for_readiness(503);
+    let (_, body) = e2e::http_get(gateway.internal, "/readyz").unwrap();
+    assert!(body.contains(r#""draining":true"#), "{body}");
+    let (status, took) = gateway.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
+}
