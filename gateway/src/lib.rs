@@ -247,7 +247,8 @@ pub async fn run(
     let stopping = handle.stop(true);
     let drained =
         tokio::time::timeout(drain, async { tokio::join!(stopping, &mut server).1 }).await;
-    internal_handle.stop(false).await;
+    // Requests in flight (a publish) finish, within the internal server's 1 s.
+    internal_handle.stop(true).await;
     match drained {
         Ok(result) => result,
         Err(_) => {
