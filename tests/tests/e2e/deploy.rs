@@ -542,16 +542,19 @@ fn nginx_accepts_the_exact_config_compose_mounts() {
         .find(|(_, target)| target.starts_with("/docker-entrypoint.d/"))
         .expect("compose mounts the certificate script")
         .0;
-    let names: Vec<String> = gateway_services(&compose)
+    // The replica names resolve to the fixed addresses compose gives them: what nginx holds
+    // from its start stays right across a replica's recreation.
+    let hosts: String = gateway_services(&compose)
         .iter()
-        .map(|(n, _)| n.to_string())
+        .map(|(name, service)| {
+            let address = service["networks"]["backend"]["ipv4_address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: a fixed address"));
+            format!("{address} {name}\n")
+        })
         .collect();
     let dir = TempDir::new("nginx-t");
-    std::fs::write(
-        dir.0.join("hosts"),
-        format!("127.0.0.1 localhost {}\n", names.join(" ")),
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("hosts"), format!("127.0.0.1 localhost\n{hosts}")).unwrap();
     let script = r#"set -eu
 mount -t tmpfs tmpfs /etc/nginx
 cp "$1" /etc/nginx/nginx.conf
