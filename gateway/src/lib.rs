@@ -22,11 +22,14 @@
 //! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out: connection,
 //!   subscriber, history and canary rooms) or [`bus::memory`] (single node), behind one trait.
 //! - [`history`]: replay planning, the missed frame, the in-memory history.
-//! - [`ws`]: the upgrade handler, the per-socket task, and the close codes.
+//! - [`session`]: the per-connection task both transports share (replay, dedupe, heartbeat,
+//!   token expiry, drain, slow consumers) and the close codes.
+//! - [`ws`]: the WebSocket upgrade handler and framing.
+//! - [`sse`]: the Server-Sent Events endpoint (`/sse/notifications/{user_id}/`) and framing.
 //! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`, the inbox).
 //! - [`metrics`]: counters rendered for Prometheus.
 //!
-//! Dependencies point one way: `http` → `ws` → `subscriptions` → `hub`/`bus`; `state` and
+//! Dependencies point one way: `http` → `ws`/`sse` → `session` → `subscriptions` → `hub`/`bus`; `state` and
 //! `error` are used by both `http` and `ws`; `config` and `auth` meet only in `net`.
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments, loads the configuration and
@@ -41,6 +44,8 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod session;
+pub mod sse;
 pub mod state;
 pub mod subscriptions;
 pub mod telemetry;
@@ -137,7 +142,7 @@ pub async fn run(
         ms(settings.redis.subscribe_timeout_ms),
     ));
     let state = AppState {
-        limits: SessionLimits::new(&settings.ws, &settings.history),
+        limits: SessionLimits::new(&settings.ws, &settings.sse, &settings.history),
         settings: settings.clone(),
         subscriptions,
         bus,

@@ -5,16 +5,27 @@ mod history;
 pub mod limits;
 mod publish;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 pub use crate::error::ApiError;
 pub use crate::state::AppState;
-use crate::ws;
+use crate::{sse, ws};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/notifications/{user_id}", web::get().to(ws::upgrade))
         .route("/ws/notifications/{user_id}/", web::get().to(ws::upgrade))
+        .route("/sse/notifications/{user_id}", web::get().to(sse::stream))
+        .route("/sse/notifications/{user_id}/", web::get().to(sse::stream))
+        .route(
+            "/sse/notifications/{user_id}",
+            web::method(Method::OPTIONS).to(sse::preflight),
+        )
+        .route(
+            "/sse/notifications/{user_id}/",
+            web::method(Method::OPTIONS).to(sse::preflight),
+        )
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
