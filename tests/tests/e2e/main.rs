@@ -16,6 +16,7 @@ mod redis_security;
 mod resume;
 mod sentinel;
 mod socket_limits;
+mod sse;
 mod subscriptions;
 
 use publisher::{Level, Notification, Publisher, UserId};
