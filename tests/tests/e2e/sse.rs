@@ -68,7 +68,7 @@ async fn sse_and_websocket_on_two_replicas_get_the_same_ids_in_the_same_order() 
     assert_eq!(sse_a.header("content-type"), Some("text/event-stream"));
     assert_eq!(sse_a.header("cache-control"), Some("no-cache"));
     assert_eq!(sse_a.header("x-accel-buffering"), Some("no"));
-    let mut sse_b = open(b.addr, &format!("/sse/notifications/31"), &[]).await;
+    let mut sse_b = open(b.addr, "/sse/notifications/31", &[]).await;
     let mut ws_a = WsClient::connect(&a.ws_url("31")).await;
     let mut ws_b = WsClient::connect(&b.ws_url("31")).await;
     a.wait_metric("gateway_connections_open{transport=\"sse\"}", |n| n == 1);
