@@ -57,6 +57,8 @@ fi
 
 # node-redis for the Node.js snippets of docs/PROTOCOL.md that the end-to-end tests run.
 ./tests/node.sh
+# Chromium and playwright-core for the EventSource test of tests/tests/e2e/sse.rs.
+./tests/sse-browser.sh
 
 cargo test --workspace --locked "$@"
 

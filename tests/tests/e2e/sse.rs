@@ -480,3 +480,183 @@ async fn draining_ends_every_stream_with_1012_so_browsers_reconnect_elsewhere() 
     assert!(status.success(), "pid {pid} exited with {status:?}");
     assert!(took < DEADLINE);
 }
+
+/// A load balancer in miniature: each connection goes to the first backend that accepts it,
+/// as nginx skips a dead replica. Records each request's `Last-Event-ID` header.
+struct Balancer {
+    addr: SocketAddr,
+    last_event_ids: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+}
+
+impl Balancer {
+    async fn start(backends: Vec<SocketAddr>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let last_event_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = last_event_ids.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let backends = backends.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    if text.contains("/sse/") {
+                        let id = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("last-event-id:"))
+                            .map(|v| v.trim().to_owned());
+                        seen.lock().unwrap().push(id);
+                    }
+                    for backend in backends {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(backend).await {
+                            if server.write_all(&head).await.is_ok() {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer {
+            addr,
+            last_event_ids,
+        }
+    }
+}
+
+/// The node script of tests/sse-browser driving chromium; killed on drop.
+struct Browser {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
+}
+
+impl Browser {
+    fn open(origin: &str, path: &str) -> Self {
+        use std::io::BufRead;
+        let node = e2e::require_program("node", "nodejs");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        assert!(
+            std::path::Path::new("/usr/bin/chromium").is_file(),
+            "chromium not found: install it with `apt-get install -y chromium` (or run ./tests/sse-browser.sh)"
+        );
+        assert!(
+            root.join("tests/sse-browser/node_modules/playwright-core")
+                .is_dir(),
+            "playwright-core not installed: run ./tests/sse-browser.sh"
+        );
+        let mut child = std::process::Command::new(node)
+            .current_dir(&root)
+            .args(["tests/sse-browser/eventsource.mjs", origin, path])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("running node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("browser script printed {line:?}: {e}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Browser { child, lines }
+    }
+
+    /// The next callback the page reported.
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(30), self.lines.recv())
+            .await
+            .expect("the browser reported nothing within 30 s")
+            .expect("the browser script exited")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_eventsource_reconnects_by_itself_with_last_event_id_after_a_replica_sigkill() {
+    let redis = RedisServer::start();
+    let settings = [("GW__SSE__RETRY_MS", "300")];
+    let mut doomed = Gateway::start(Some(&redis), &settings);
+    let survivor = Gateway::start(Some(&redis), &settings);
+    let balancer = Balancer::start(vec![doomed.addr, survivor.addr]).await;
+    let mut browser = Browser::open(&format!("http://{}", balancer.addr), &path(97));
+    assert_eq!(browser.next().await, serde_json::json!({ "open": true }));
+    doomed.wait_metric("gateway_connections_open{transport=\"sse\"}", |n| n == 1);
+
+    let total = 200u64;
+    let url = redis.url();
+    let publishing = tokio::spawn(async move {
+        let publisher = Publisher::connect(&url).unwrap();
+        for n in 0..total {
+            publisher.publish(user(97), note(n)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut received = Vec::new();
+    let mut opens = 1;
+    let mut last_before_reopen = None;
+    let mut last_id = None;
+    loop {
+        let line = browser.next().await;
+        if let Some(message) = line.get("message") {
+            let body: Value = serde_json::from_str(message["data"].as_str().unwrap()).unwrap();
+            assert_eq!(message["lastEventId"], body["id"], "id: is the history id");
+            last_id = body["id"].as_str().map(str::to_owned);
+            let n = body["data"]["n"].as_u64().expect("a numbered note");
+            received.push(n);
+            if n == total / 3 && opens == 1 {
+                doomed.kill();
+            }
+            if n + 1 == total {
+                break;
+            }
+        } else if line.get("open").is_some() {
+            opens += 1;
+            last_before_reopen = last_id.clone();
+        } else {
+            // {"error": 0}: CONNECTING, the browser is reconnecting by itself.
+            assert_eq!(line, serde_json::json!({ "error": 0 }), "unexpected {line}");
+        }
+    }
+    publishing.await.unwrap();
+    assert_eq!(opens, 2, "one reconnect, after the kill");
+    let distinct: BTreeSet<u64> = received.iter().copied().collect();
+    assert_eq!(distinct.len(), total as usize, "nothing lost");
+    assert_eq!(received.len(), total as usize, "nothing twice");
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order");
+    let requests = balancer.last_event_ids.lock().unwrap().clone();
+    assert_eq!(
+        requests,
+        vec![None, last_before_reopen],
+        "the reconnect carried the id of the last event seen"
+    );
+}
