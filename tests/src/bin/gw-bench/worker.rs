@@ -424,10 +424,7 @@ async fn sse_task(
     let mut events: Vec<u8> = Vec::new();
     let mut close = None;
     let reason = 'read: loop {
-        loop {
-            let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
             let size = std::str::from_utf8(&body[..line_end])
                 .ok()
                 .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
