@@ -542,7 +542,20 @@ struct Browser {
 }
 
 impl Browser {
+    /// Runs `script` in the page instead of the plain `EventSource`.
+    fn run_script(origin: &str, script: &str) -> (Self, e2e::TempDir) {
+        let dir = e2e::TempDir::new("sse-page");
+        let file = dir.0.join("page.js");
+        std::fs::write(&file, script).unwrap();
+        let browser = Self::spawn(&[origin, "--script", file.to_str().unwrap()]);
+        (browser, dir)
+    }
+
     fn open(origin: &str, path: &str) -> Self {
+        Self::spawn(&[origin, path])
+    }
+
+    fn spawn(args: &[&str]) -> Self {
         use std::io::BufRead;
         let node = e2e::require_program("node", "nodejs");
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -557,7 +570,8 @@ impl Browser {
         );
         let mut child = std::process::Command::new(node)
             .current_dir(&root)
-            .args(["tests/sse-browser/eventsource.mjs", origin, path])
+            .arg("tests/sse-browser/eventsource.mjs")
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -658,5 +672,107 @@ async fn chromium_eventsource_reconnects_by_itself_with_last_event_id_after_a_re
         requests,
         vec![None, last_before_reopen],
         "the reconnect carried the id of the last event seen"
+    );
+}
+
+/// The paste-able client of docs/PROTOCOL.md, as written there.
+fn documented_client() -> String {
+    let doc = include_str!("../../../docs/PROTOCOL.md");
+    let section = doc
+        .split("Paste-able client:")
+        .nth(1)
+        .expect("docs/PROTOCOL.md has the paste-able EventSource client");
+    let start = section.find("```js\n").expect("a js block") + "```js\n".len();
+    let end = start
+        + section[start..]
+            .find("```")
+            .expect("the end of the js block");
+    section[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_client_in_chromium_outlives_its_token_and_loses_nothing() {
+    let mut settings = jwt::HS256_SETTINGS.to_vec();
+    settings.push(("GW__AUTH__EXPIRY_GRACE_MS", "300"));
+    let gateway = Gateway::start(None, &settings);
+    let balancer = Balancer::start(vec![gateway.addr]).await;
+    let origin = format!("http://{}", balancer.addr);
+    let snippet = documented_client();
+    assert_eq!(snippet.matches("https://notify.example.com").count(), 1);
+    // The first token expires within 10 s (time for Chromium to start); getToken() then
+    // hands out a fresh one.
+    let tokens = serde_json::json!([
+        jwt::hs256(&jwt::access_claims(98, 10)),
+        jwt::access(98),
+        jwt::access(98),
+    ]);
+    let script = format!(
+        "window.refetchEverything = () => report({{ refetch: true }});\n\
+         const tokens = {tokens};\n\
+         const getToken = async () => tokens.shift();\n\
+         {}\n\
+         listen(98, getToken, (n) => report({{ message: n }}));\n",
+        snippet.replace("https://notify.example.com", &origin)
+    );
+    let (mut browser, _dir) = Browser::run_script(&origin, &script);
+    gateway.wait_metric("gateway_connections_open{transport=\"sse\"}", |n| n == 1);
+
+    // Publishes steadily until the stream has ended at its token's expiry and 40 more
+    // notifications went out, then a last one that says so.
+    let addr = gateway.internal;
+    let expired = "gateway_connections_closed_total{transport=\"sse\",reason=\"token_expired\"}";
+    let publishing = tokio::task::spawn_blocking({
+        let gateway_metric = move || {
+            let (_, body) = e2e::http_get(addr, "/metrics").unwrap();
+            body.lines().any(|l| l.strip_prefix(expired) == Some(" 1"))
+        };
+        move || {
+            let publish = |n: u64, last: bool| {
+                let body = format!(
+                    r#"{{"user":98,"type":"info","message":"note {n}","data":{{"n":{n},"last":{last}}}}}"#
+                );
+                let (status, _) = e2e::http_post_json(addr, "/api/publish", &[], &body).unwrap();
+                assert_eq!(status, 200);
+            };
+            let started = Instant::now();
+            let mut after_expiry = None;
+            let mut n = 0;
+            while after_expiry.is_none_or(|at| n < at + 40) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(40),
+                    "the token never expired"
+                );
+                publish(n, false);
+                if after_expiry.is_none() && gateway_metric() {
+                    after_expiry = Some(n);
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            publish(n, true);
+            n + 1
+        }
+    });
+    let mut received = Vec::new();
+    loop {
+        let line = browser.next().await;
+        let n = line["message"]["data"]["n"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("expected a notification, got {line}"));
+        received.push(n);
+        if line["message"]["data"]["last"] == true {
+            break;
+        }
+    }
+    let total = publishing.await.unwrap();
+    let distinct: BTreeSet<u64> = received.iter().copied().collect();
+    assert_eq!(distinct.len(), total as usize, "nothing lost");
+    assert_eq!(received.len(), total as usize, "nothing twice");
+    assert!(received.windows(2).all(|w| w[0] < w[1]), "in order");
+    let requests = balancer.last_event_ids.lock().unwrap().clone();
+    assert_eq!(
+        requests.len(),
+        2,
+        "reopened once, by the snippet: {requests:?}"
     );
 }
