@@ -2,7 +2,8 @@
 //!
 //! Browsers hold a WebSocket on `/ws/notifications/{user_id}/` on any replica; backends
 //! publish a JSON notification once on the Redis channel `user_<id>`, and every socket of that
-//! user on every replica receives it as one text frame.
+//! user on every replica receives it as one text frame. Where WebSockets are blocked, the
+//! same stream is served as Server-Sent Events on `/sse/notifications/{user_id}/`.
 //!
 //! ```text
 //!  Redis ──(one pub/sub connection per node)──▶ bus ──deliver──▶ hub ──try_send──▶ socket queue
