@@ -89,6 +89,8 @@ fi
 
 # node-redis for the Node.js snippets of docs/PROTOCOL.md that the end-to-end tests run.
 ./tests/node.sh
+# Chromium and playwright-core for the EventSource test of tests/tests/e2e/sse.rs.
+./tests/sse-browser.sh
 
 # The skip filters go to the test binaries, after a `--` (added unless the caller gave one).
 test_args=("$@")

@@ -20,6 +20,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub redis: RedisSettings,
     pub ws: WsSettings,
+    pub sse: SseSettings,
     pub history: HistorySettings,
     pub publish: PublishSettings,
     pub auth: AuthSettings,
@@ -75,6 +76,14 @@ pub struct WsSettings {
     pub outbound_queue: usize,
     pub write_timeout_ms: u64,
     pub unsubscribe_linger_ms: u64,
+}
+
+/// The Server-Sent Events endpoint; its queue, write timeout and linger are `[ws]`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseSettings {
+    pub heartbeat_interval_ms: u64,
+    pub retry_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +256,15 @@ impl Settings {
         }
         if self.ws.write_timeout_ms == 0 {
             return Err(invalid("ws.write_timeout_ms", "must be greater than 0"));
+        }
+        if self.sse.heartbeat_interval_ms == 0 {
+            return Err(invalid(
+                "sse.heartbeat_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.sse.retry_ms == 0 {
+            return Err(invalid("sse.retry_ms", "must be greater than 0"));
         }
         if self.redis.reconnect_min_ms == 0
             || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms

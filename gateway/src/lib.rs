@@ -2,7 +2,8 @@
 //!
 //! Browsers hold a WebSocket on `/ws/notifications/{user_id}/` on any replica; backends
 //! publish a JSON notification once on the Redis channel `user_<id>`, and every socket of that
-//! user on every replica receives it as one text frame.
+//! user on every replica receives it as one text frame. Where WebSockets are blocked, the
+//! same stream is served as Server-Sent Events on `/sse/notifications/{user_id}/`.
 //!
 //! ```text
 //!  Redis ──(one pub/sub connection per node)──▶ bus ──deliver──▶ hub ──try_send──▶ socket queue
@@ -22,12 +23,15 @@
 //! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out: connection,
 //!   subscriber, history and canary rooms) or [`bus::memory`] (single node), behind one trait.
 //! - [`history`]: replay planning, the missed frame, the in-memory history.
-//! - [`ws`]: the upgrade handler, the per-socket task, and the close codes.
-//! - [`http`]: routes of the public listener (WebSocket, inbox) and of the internal one
+//! - [`session`]: the per-connection task both transports share (replay, dedupe, heartbeat,
+//!   token expiry, drain, slow consumers) and the close codes.
+//! - [`ws`]: the WebSocket upgrade handler and framing.
+//! - [`sse`]: the Server-Sent Events endpoint (`/sse/notifications/{user_id}/`) and framing.
+//! - [`http`]: routes of the public listener (WebSocket, SSE, inbox) and of the internal one
 //!   (`/api/publish`, `/metrics`, `/healthz`, `/readyz`).
 //! - [`metrics`]: counters rendered for Prometheus.
 //!
-//! Dependencies point one way: `http` → `ws` → `subscriptions` → `hub`/`bus`; `state` and
+//! Dependencies point one way: `http` → `ws`/`sse` → `session` → `subscriptions` → `hub`/`bus`; `state` and
 //! `error` are used by both `http` and `ws`; `config` and `auth` meet only in `net`.
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments, loads the configuration and
@@ -43,6 +47,8 @@ pub mod hub;
 pub mod metrics;
 pub mod net;
 pub mod secrets;
+pub mod session;
+pub mod sse;
 pub mod state;
 pub mod subscriptions;
 pub mod telemetry;
@@ -163,7 +169,7 @@ pub async fn run(
         ms(settings.redis.subscribe_timeout_ms),
     ));
     let state = AppState {
-        limits: SessionLimits::new(&settings.ws, &settings.history),
+        limits: SessionLimits::new(&settings.ws, &settings.sse, &settings.history),
         settings: settings.clone(),
         subscriptions,
         bus,

@@ -6,6 +6,7 @@
 //! - [`Gateway`]: the gateway binary built from `gateway/src/main.rs`, configured through the
 //!   same `GW__*` environment variables operators use.
 //! - [`WsClient`]: a browser stand-in that reads JSON text frames and close codes.
+//! - [`SseClient`]: a raw HTTP Server-Sent Events reader (events, comments, last event id).
 //! - [`RawSocket`]: a WebSocket peer that completes the handshake and then misbehaves
 //!   (never reads, never answers pings).
 //! - [`JwtKeys`] and [`jwt`]: keys (made with the openssl CLI at test time) and tokens for
@@ -20,12 +21,14 @@ pub mod topology;
 
 mod gateway_process;
 mod redis_server;
+mod sse_client;
 mod stall_proxy;
 mod tokens;
 mod ws_client;
 
 pub use gateway_process::*;
 pub use redis_server::*;
+pub use sse_client::*;
 pub use stall_proxy::*;
 pub use tokens::*;
 pub use ws_client::*;

@@ -12,12 +12,22 @@ use serde_json::json;
 
 pub use crate::error::ApiError;
 pub use crate::state::AppState;
-use crate::ws;
+use crate::{sse, ws};
 
 /// The public listener (`server.bind`): what browsers reach through the reverse proxy.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws/notifications/{user_id}", web::get().to(ws::upgrade))
         .route("/ws/notifications/{user_id}/", web::get().to(ws::upgrade))
+        .route("/sse/notifications/{user_id}", web::get().to(sse::stream))
+        .route("/sse/notifications/{user_id}/", web::get().to(sse::stream))
+        .route(
+            "/sse/notifications/{user_id}",
+            web::method(Method::OPTIONS).to(sse::preflight),
+        )
+        .route(
+            "/sse/notifications/{user_id}/",
+            web::method(Method::OPTIONS).to(sse::preflight),
+        )
         .service(
             web::resource("/api/notifications/{user_id}")
                 .wrap(middleware::from_fn(cors::inbox_headers))

@@ -18,6 +18,7 @@ mod redis_security;
 mod resume;
 mod sentinel;
 mod socket_limits;
+mod sse;
 mod subscriptions;
 
 use publisher::{Level, Notification, Publisher, UserId};

@@ -399,3 +399,142 @@ async fn nginx_logs_requests_without_their_query_string() {
     };
     assert!(!log.contains(token) && !log.contains("token="), "{log}");
 }
+
+/// `curl -N` on an event stream through nginx, its lines read as they arrive.
+struct CurlStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CurlStream {
+    fn open(topology: &Topology, user: u64, last_event_id: Option<&str>) -> Self {
+        use std::io::BufRead;
+        let curl = e2e::require_program("curl", "curl");
+        let url = format!(
+            "https://127.0.0.1:{}/sse/notifications/{user}/",
+            topology.https.port()
+        );
+        let mut command = Command::new(curl);
+        command
+            .args(["--silent", "--no-buffer", "--cacert"])
+            .arg(topology.ca.ca_pem())
+            .args(["-H", "Accept: text/event-stream"]);
+        if let Some(id) = last_event_id {
+            command.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child = command
+            .arg(&url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("running curl");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        CurlStream { child, lines }
+    }
+
+    /// The next line, `None` when the stream ended.
+    fn line(&self) -> Option<String> {
+        match self.lines.recv_timeout(DEADLINE) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(timeout) => panic!("no line through nginx within the deadline: {timeout}"),
+        }
+    }
+
+    /// The data of the next event with a `data:` line, and the `event:` name if it had one.
+    fn event(&self) -> Option<(Option<String>, Value)> {
+        let mut name = None;
+        loop {
+            let line = self.line()?;
+            if let Some(event) = line.strip_prefix("event: ") {
+                name = Some(event.to_owned());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                return Some((name, serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+}
+
+impl Drop for CurlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `location /sse/ { ... }`'s `proxy_read_timeout` in seconds.
+fn sse_read_timeout_secs(conf: &str) -> u64 {
+    let block = conf
+        .split("location /sse/ {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("deploy/nginx/nginx.conf has a location /sse/");
+    assert!(block.contains("proxy_buffering off;"), "{block}");
+    block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("proxy_read_timeout "))
+        .and_then(|v| v.trim_end_matches(';').strip_suffix('s'))
+        .and_then(|v| v.parse().ok())
+        .expect("location /sse/ sets proxy_read_timeout in seconds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_pass_nginx_unbuffered_and_resume_on_another_replica_after_a_drain() {
+    let defaults = gateway::config::Settings::defaults();
+    assert!(
+        sse_read_timeout_secs(SHIPPED) * 1000 > defaults.sse.heartbeat_interval_ms * 2,
+        "nginx must wait well past a heartbeat before cutting a stream"
+    );
+    let mut topology = Topology::start();
+    let stream = CurlStream::open(&topology, 44, None);
+    let sse_on = |topology: &Topology, i: usize| {
+        topology.replicas[i].metric("gateway_connections_open{transport=\"sse\"}")
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let serving = loop {
+        if let Some(i) = (0..3).find(|&i| sse_on(&topology, i) == 1) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stream reached a replica\n{}",
+            topology.nginx.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let publisher = publisher(&topology.redis);
+    // One small event, and it arrives: nothing sits in a proxy buffer.
+    publisher.publish(user(44), numbered(1)).await.unwrap();
+    let (name, first) = tokio::task::block_in_place(|| stream.event()).expect("an event");
+    assert_eq!((name, first["data"]["n"].as_u64()), (None, Some(1)));
+    let last_id = first["id"].as_str().unwrap().to_owned();
+
+    // The replica drains: the stream ends with the documented final event...
+    let mut draining = topology.replicas.remove(serving);
+    let terminating = std::thread::spawn(move || draining.terminate());
+    let (name, close) = tokio::task::block_in_place(|| stream.event()).expect("a final event");
+    assert_eq!(name.as_deref(), Some("gateway.close"));
+    assert_eq!(close["code"], 1012);
+    assert!(
+        tokio::task::block_in_place(|| stream.event()).is_none(),
+        "then the end"
+    );
+    assert!(terminating.join().unwrap().0.success());
+    // ...what is published meanwhile is replayed to the reconnect, which nginx sends to a
+    // live replica, then live delivery continues.
+    publisher.publish(user(44), numbered(2)).await.unwrap();
+    let resumed = CurlStream::open(&topology, 44, Some(&last_id));
+    let (_, replayed) = tokio::task::block_in_place(|| resumed.event()).expect("the replay");
+    assert_eq!(replayed["data"]["n"], 2);
+    publisher.publish(user(44), numbered(3)).await.unwrap();
+    let (_, live) = tokio::task::block_in_place(|| resumed.event()).expect("live");
+    assert_eq!(live["data"]["n"], 3);
+}

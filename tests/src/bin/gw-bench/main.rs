@@ -75,6 +75,7 @@ Options:
   --auth jwt|none        jwt (default, production): the gateways verify an HS256 access token
                          that every socket presents (?token=); none: no token
   --jwt-secret S         the HS256 secret (default: the test suite's); for --gateway runs
+  --transport ws|sse     WebSocket sockets (default) or Server-Sent Events streams
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
@@ -183,6 +184,8 @@ struct Options {
     gateway_env: Vec<(String, String)>,
     /// The HS256 secret sockets sign their tokens with; `None`: auth.mode = none.
     jwt_secret: Option<String>,
+    /// "ws" or "sse".
+    transport: String,
 }
 
 impl Options {
@@ -212,6 +215,7 @@ impl Options {
             user_base: 1_000_000,
             gateway_env: Vec::new(),
             jwt_secret: Some(e2e::jwt::SECRET.to_owned()),
+            transport: "ws".to_owned(),
         };
         match name {
             "custom" => {}
@@ -307,6 +311,12 @@ impl Options {
                     }
                 }
                 "--jwt-secret" => o.jwt_secret = Some(v.to_owned()),
+                "--transport" => {
+                    if !matches!(v, "ws" | "sse") {
+                        return Err(format!("--transport: {v:?} is not ws or sse"));
+                    }
+                    o.transport = v.to_owned();
+                }
                 "--set" => {
                     for pair in v.split(',') {
                         let (key, value) = pair
@@ -596,6 +606,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             connect_inflight: o.connect_inflight,
             connect_timeout_ms: 30_000,
             jwt_secret: o.jwt_secret.clone(),
+            transport: o.transport.clone(),
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -846,6 +857,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
 
     Ok(json!({
         "scenario": o.scenario,
+        "transport": o.transport,
         "clean": clean,
         "params": {
             "sockets": sockets,
