@@ -47,7 +47,7 @@ pub const FIRE_SCRIPT: &str = concat!(
 );
 
 /// The caller's name for a scheduled item, e.g. `booking:1881:expiring`: 1 to 200 bytes of
-/// ASCII letters, digits and `_ - . : /`. Scheduling the same key again replaces the item.
+/// ASCII letters, digits and `_ - . :`. Scheduling the same key again replaces the item.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ScheduleKey(String);
 
@@ -65,7 +65,7 @@ impl fmt::Display for ScheduleKey {
 
 /// Why a string is not a [`ScheduleKey`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("schedule key must be 1 to {MAX_KEY_BYTES} bytes of ASCII letters, digits and _-.:/ (e.g. booking:1881:expiring), got {0:?}")]
+#[error("schedule key must be 1 to {MAX_KEY_BYTES} bytes of ASCII letters, digits and _-.: (e.g. booking:1881:expiring), got {0:?}")]
 pub struct InvalidScheduleKey(pub String);
 
 impl FromStr for ScheduleKey {
@@ -75,7 +75,7 @@ impl FromStr for ScheduleKey {
         let ok = !s.is_empty()
             && s.len() <= MAX_KEY_BYTES
             && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.:/".contains(&b));
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
         if ok {
             Ok(ScheduleKey(s.to_owned()))
         } else {

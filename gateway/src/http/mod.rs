@@ -4,6 +4,7 @@
 mod history;
 pub mod limits;
 mod publish;
+mod schedule;
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -19,6 +20,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/api/publish", web::post().to(publish::publish))
+        .route("/api/schedule", web::post().to(schedule::schedule))
+        .route("/api/schedule/{key}", web::delete().to(schedule::cancel))
+        .route("/api/presence", web::post().to(schedule::presence))
         .route(
             "/api/notifications/{user_id}",
             web::get().to(history::notifications),

@@ -144,6 +144,14 @@ impl RedisBus {
     }
 }
 
+impl RedisBus {
+    /// The pooled publisher this bus publishes and reads history with (the scheduler and
+    /// presence share it).
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+}
+
 impl Bus for RedisBus {
     fn interest_changed(&self, user: UserId) -> BoxFuture<()> {
         let epoch = {
