@@ -99,3 +99,29 @@ async fn single_node_mode_counts_its_own_sockets_and_bad_queries_are_refused() {
         assert_eq!(status, 400, "{body}: {answer}");
     }
 }
+
+/// A replica that stops cleanly (SIGTERM) removes its counts at once, without waiting for its
+/// TTL; the answer comes from publisher-lib here.
+#[tokio::test]
+async fn a_replica_that_drains_stops_counting_at_once() {
+    let redis = RedisServer::start();
+    let mut gateway = Gateway::start(
+        Some(&redis),
+        &[
+            ("GW__PRESENCE__TTL_MS", "60000"),
+            ("GW__PRESENCE__HEARTBEAT_MS", "500"),
+        ],
+    );
+    let _socket = WsClient::connect(&gateway.ws_url("9")).await;
+    let publisher = crate::publisher(&redis);
+    let count = || async { publisher.presence(&[crate::user(9)], false).await.unwrap()[0].sockets };
+    let deadline = Instant::now() + DEADLINE;
+    while count().await != 1 {
+        assert!(Instant::now() < deadline, "the socket was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = gateway.terminate();
+    assert!(status.success());
+    // With a 60 s TTL, only the goodbye explains a zero now.
+    assert_eq!(count().await, 0);
+}
