@@ -588,7 +588,7 @@ impl Publisher {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let replies: (Vec<Vec<redis::Value>>,) = self
+        let replies: (Vec<redis::Value>,) = self
             .execute_with(&PRESENCE_SCRIPT, |_| {
                 let mut invocation = PRESENCE_SCRIPT.prepare_invoke();
                 invocation
@@ -606,7 +606,13 @@ impl Publisher {
         replies
             .0
             .into_iter()
-            .map(|reply| parse_presence(&reply))
+            .map(|reply| match reply {
+                redis::Value::Array(items) => parse_presence(&items),
+                total => Some(Presence {
+                    sockets: u64::from_redis_value_ref(&total).ok()?,
+                    nodes: Vec::new(),
+                }),
+            })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| PublishError::MalformedPayload {
                 reason: "Redis answered the presence query with an unexpected shape".into(),
@@ -855,7 +861,7 @@ fn script_pipeline(invocations: usize) -> Pipeline {
     pipe
 }
 
-/// One user's reply to the presence script: `[total, node, count, ...]`.
+/// One user's reply to the presence script with nodes: `[total, node, count, ...]`.
 fn parse_presence(reply: &[redis::Value]) -> Option<Presence> {
     let (total, rest) = reply.split_first()?;
     let number = |v: &redis::Value| u64::from_redis_value_ref(v).ok();

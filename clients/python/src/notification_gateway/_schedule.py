@@ -95,8 +95,11 @@ def presence_args(users: Iterable[Any], nodes: bool) -> Tuple[List[int], List[An
 
 
 def parse_presence(ids: List[int], replies: List[Any]) -> Dict[int, Tuple[int, Dict[str, int]]]:
-    result = {}
+    result: Dict[int, Tuple[int, Dict[str, int]]] = {}
     for user, reply in zip(ids, replies):
+        if not isinstance(reply, list):  # without nodes: the total alone
+            result[user] = (int(reply), {})
+            continue
         nodes = {}
         for i in range(1, len(reply) - 1, 2):
             name = reply[i].decode() if isinstance(reply[i], bytes) else str(reply[i])
