@@ -37,6 +37,8 @@ struct State {
     remote_nonempty: bool,
     /// The next heartbeat must replace Redis's counts (after a failure or a lapse).
     needs_full: bool,
+    /// A task reports to Redis (scaled-out mode): only then are changes kept in `delta`.
+    reporting: bool,
 }
 
 impl Presence {
@@ -71,7 +73,9 @@ impl Presence {
         if *count <= 0 {
             state.counts.remove(&user);
         }
-        *state.delta.entry(user).or_default() += by;
+        if state.reporting {
+            *state.delta.entry(user).or_default() += by;
+        }
         drop(state);
         self.changed.notify_one();
     }
@@ -95,7 +99,11 @@ impl Presence {
         mut shutdown: watch::Receiver<bool>,
     ) {
         tracing::info!(node = %self.node, "presence: reporting this node's sockets to Redis");
-        self.state().needs_full = true;
+        {
+            let mut state = self.state();
+            state.reporting = true;
+            state.needs_full = true;
+        }
         loop {
             if let Err(e) = self.beat(&publisher, ttl).await {
                 metrics.presence_beat_failures_total.fetch_add(1, Relaxed);
@@ -190,6 +198,8 @@ mod tests {
         assert_eq!(presence.local(&[a, b, UserId::new(3).unwrap()]), [1, 1, 0]);
         presence.closed(b);
         assert_eq!(presence.local(&[b]), [0]);
+        // Nothing reports to Redis (single-node mode): no changes pile up.
+        assert!(presence.state().delta.is_empty());
         assert_eq!(presence.node().len(), 12);
     }
 }
