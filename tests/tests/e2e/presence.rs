@@ -74,9 +74,10 @@ async fn counts_follow_sockets_on_two_replicas_and_drop_after_one_is_killed() {
         "presence: replica SIGKILLed, its sockets stopped counting after {:?} (presence.ttl_ms {bound:?})",
         killed.elapsed()
     );
-    // The bound is the TTL after the dead node's last heartbeat; polling adds a little.
+    // The bound is the TTL after the dead node's last heartbeat; each poll (an HTTP request
+    // and a script run on a loaded machine) adds a little.
     assert!(
-        killed.elapsed() <= bound + Duration::from_millis(300),
+        killed.elapsed() <= bound + Duration::from_millis(700),
         "took {:?}",
         killed.elapsed()
     );
