@@ -118,21 +118,22 @@ pub async fn run(
                     "scaled-out mode: subscribing through the Redis master the sentinels name"
                 ),
             }
-            let publisher = bus.publisher();
+            let background = bus.background_publisher();
             tokio::spawn(schedule::fire_loop(
-                publisher.clone(),
+                background.clone(),
                 settings.schedule.clone(),
                 metrics.clone(),
                 stop_rx.clone(),
             ));
             tokio::spawn(presence.clone().run(
-                publisher.clone(),
+                background,
                 ms(settings.presence.heartbeat_ms),
                 ms(settings.presence.ttl_ms),
                 metrics.clone(),
                 stop_rx.clone(),
             ));
-            (Arc::new(bus), schedule::Scheduler::Redis(publisher))
+            let requests = bus.publisher();
+            (Arc::new(bus), schedule::Scheduler::Redis(requests))
         }
         None => {
             tracing::warn!(
