@@ -23,6 +23,8 @@ pub struct Settings {
     pub sse: SseSettings,
     pub history: HistorySettings,
     pub publish: PublishSettings,
+    pub schedule: ScheduleSettings,
+    pub presence: PresenceSettings,
     pub auth: AuthSettings,
     pub origin: OriginSettings,
     pub log: LogSettings,
@@ -100,6 +102,23 @@ pub struct HistorySettings {
 #[serde(deny_unknown_fields)]
 pub struct PublishSettings {
     pub api_keys: Vec<String>,
+}
+
+/// `[schedule]`: scheduled notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    pub poll_interval_ms: u64,
+    pub batch: usize,
+    pub max_lateness_ms: u64,
+}
+
+/// `[presence]`: socket counts across the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSettings {
+    pub heartbeat_ms: u64,
+    pub ttl_ms: u64,
 }
 
 /// Who may open a user's socket; see `[auth]` in `config.default.toml`.
@@ -317,6 +336,24 @@ impl Settings {
             return Err(invalid(
                 "server.backlog",
                 "must be between 1 and 2147483647",
+            ));
+        }
+        if self.schedule.poll_interval_ms == 0 {
+            return Err(invalid(
+                "schedule.poll_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.schedule.batch == 0 {
+            return Err(invalid("schedule.batch", "must be at least 1"));
+        }
+        if self.presence.heartbeat_ms == 0 {
+            return Err(invalid("presence.heartbeat_ms", "must be greater than 0"));
+        }
+        if self.presence.ttl_ms < 2 * self.presence.heartbeat_ms {
+            return Err(invalid(
+                "presence.ttl_ms",
+                "must be at least twice presence.heartbeat_ms",
             ));
         }
         self.validate_listeners()?;

@@ -30,6 +30,8 @@
 //! - [`http`]: routes of the public listener (WebSocket, SSE, inbox) and of the internal one
 //!   (`/api/publish`, `/metrics`, `/healthz`, `/readyz`).
 //! - [`metrics`]: counters rendered for Prometheus.
+//! - [`schedule`]: scheduled notifications (fired from Redis by every node, or in memory);
+//!   [`presence`]: this node's socket counts, reported to Redis for fleet-wide presence.
 //!
 //! Dependencies point one way: `http` → `ws`/`sse` → `session` → `subscriptions` → `hub`/`bus`; `state` and
 //! `error` are used by both `http` and `ws`; `config` and `auth` meet only in `net`.
@@ -49,6 +51,8 @@ pub mod net;
 pub mod secrets;
 pub mod session;
 pub mod sse;
+pub mod presence;
+pub mod schedule;
 pub mod state;
 pub mod subscriptions;
 pub mod telemetry;
@@ -118,7 +122,8 @@ pub async fn run(
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let bus: Arc<dyn Bus> = match settings.redis_topology() {
+    let presence = Arc::new(presence::Presence::new());
+    let (bus, scheduler): (Arc<dyn Bus>, schedule::Scheduler) = match settings.redis_topology() {
         Some(topology) => {
             let bus = RedisBus::start(
                 &settings.redis,
@@ -145,7 +150,22 @@ pub async fn run(
                     "scaled-out mode: subscribing through the Redis master the sentinels name"
                 ),
             }
-            Arc::new(bus)
+            let background = bus.background_publisher();
+            tokio::spawn(schedule::fire_loop(
+                background.clone(),
+                settings.schedule.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(presence.clone().run(
+                background,
+                ms(settings.presence.heartbeat_ms),
+                ms(settings.presence.ttl_ms),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            let requests = bus.publisher();
+            (Arc::new(bus), schedule::Scheduler::Redis(requests))
         }
         None => {
             tracing::warn!(
@@ -153,21 +173,33 @@ pub async fn run(
                  bus; run one replica only (set GW__REDIS__URL to scale out)"
             );
             let history = MemoryHistory::new(settings.history.max_len, settings.history.max_age_ms);
-            Arc::new(MemoryBus::new(
+            let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(
                 hub.clone(),
                 history,
                 settings.redis.max_payload_bytes,
                 settings.history.max_age_ms,
-            ))
+            ));
+            // Scheduled notifications in memory: they do not survive a restart.
+            let memory = Arc::new(schedule::MemorySchedule::default());
+            tokio::spawn(memory.clone().run(
+                bus.clone(),
+                settings.schedule.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            (bus, schedule::Scheduler::Memory(memory))
         }
     };
 
-    let subscriptions = Arc::new(Subscriptions::new(
-        hub.clone(),
-        bus.clone(),
-        ms(settings.ws.unsubscribe_linger_ms),
-        ms(settings.redis.subscribe_timeout_ms),
-    ));
+    let subscriptions = Arc::new(
+        Subscriptions::new(
+            hub.clone(),
+            bus.clone(),
+            ms(settings.ws.unsubscribe_linger_ms),
+            ms(settings.redis.subscribe_timeout_ms),
+        )
+        .with_presence(presence.clone()),
+    );
     let state = AppState {
         limits: SessionLimits::new(&settings.ws, &settings.sse, &settings.history),
         settings: settings.clone(),
@@ -176,6 +208,8 @@ pub async fn run(
         metrics,
         gate,
         shutdown: stop_rx,
+        scheduler: Arc::new(scheduler),
+        presence,
     };
     let drain = ms(settings.server.drain_timeout_ms);
     let workers = match settings.server.workers {

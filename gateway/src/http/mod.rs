@@ -5,6 +5,7 @@ mod cors;
 mod history;
 pub mod limits;
 mod publish;
+mod schedule;
 
 use actix_web::http::Method;
 use actix_web::{middleware, web, HttpResponse};
@@ -42,7 +43,10 @@ pub fn internal_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/api/publish", web::post().to(publish::publish));
+        .route("/api/publish", web::post().to(publish::publish))
+        .route("/api/schedule", web::post().to(schedule::schedule))
+        .route("/api/schedule/{key}", web::delete().to(schedule::cancel))
+        .route("/api/presence", web::post().to(schedule::presence));
 }
 
 /// The process is alive and serving HTTP.

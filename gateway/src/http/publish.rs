@@ -32,13 +32,13 @@ const FIELDS: [&str; 7] = [
 ];
 
 /// What a publish request asks for, read field by field so every error names its field.
-struct PublishRequest {
-    users: Vec<UserId>,
-    notification: Notification,
+pub(super) struct PublishRequest {
+    pub(super) users: Vec<UserId>,
+    pub(super) notification: Notification,
 }
 
 impl PublishRequest {
-    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    pub(super) fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let invalid = |message: String| ApiError::InvalidBody(message);
         let mut body = match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(object)) => object,
@@ -158,7 +158,7 @@ pub async fn publish(
 /// With API keys configured, one must be presented as a bearer token. Without any, only
 /// clients on this machine may publish (local development); a request relayed by a proxy on
 /// this machine is not local (see [`crate::auth::Gate::is_local`]).
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let keys = &state.settings.publish.api_keys;
     if keys.is_empty() {
         return if state.gate.is_local(req) {
