@@ -60,5 +60,8 @@ fi
 
 cargo test --workspace --locked "$@"
 
+# The browser client's unit tests and the Chromium tests (uses the gateway-e2e binary just built).
+./tests/js.sh
+
 # The Python client (clients/python) in a virtualenv of its own.
 ./tests/python.sh

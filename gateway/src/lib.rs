@@ -23,7 +23,8 @@
 //!   subscriber, history and canary rooms) or [`bus::memory`] (single node), behind one trait.
 //! - [`history`]: replay planning, the missed frame, the in-memory history.
 //! - [`ws`]: the upgrade handler, the per-socket task, and the close codes.
-//! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`, the inbox).
+//! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`, the inbox, the
+//!   demo page at `/` with the browser client of `clients/js`).
 //! - [`metrics`]: counters rendered for Prometheus.
 //!
 //! Dependencies point one way: `http` → `ws` → `subscriptions` → `hub`/`bus`; `state` and
@@ -151,11 +152,22 @@ pub async fn run(
         n => n,
     };
     let address = listener.local_addr()?;
+    let demo = settings
+        .demo_enabled()
+        .then(|| http::demo::DemoPage::new(&settings));
+    if demo.is_some() {
+        tracing::info!("demo page on: open http://{address}/ (demo.enabled)");
+    }
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .wrap(middleware::from_fn(http::limits::request_head))
             .configure(http::routes)
+            .configure(|cfg| {
+                if let Some(page) = &demo {
+                    http::demo::routes(cfg, page.clone());
+                }
+            })
     })
     // Slowloris: the whole request head within this time, or 408 and disconnect. actix-http
     // times only a connection's first request, so a second request trickled on a kept-alive

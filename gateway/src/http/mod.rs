@@ -1,6 +1,7 @@
 //! HTTP surface: the routes and their handlers. Shared state is in [`crate::state`], the
 //! error answer in [`crate::error`].
 
+pub mod demo;
 mod history;
 pub mod limits;
 mod publish;
