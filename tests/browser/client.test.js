@@ -66,11 +66,12 @@ test("notifications appear in order, each once, as toasts and in the list", asyn
 test("SIGTERM on one of two replicas (1012): the page resumes through the other, nothing lost or doubled", async () => {
   const redis = await startRedis();
   const replicas = [];
+  let proxy;
   try {
     for (let i = 0; i < 2; i++) {
       replicas.push(await startGateway({ redis, env: { GW__DEMO__ENABLED: "true" } }));
     }
-    const proxy = await startProxy(replicas.map((r) => r.addr));
+    proxy = await startProxy(replicas.map((r) => r.addr));
     const user = 102;
     const page = await openDemo(proxy.url, user);
     const holder = await waitFor("the replica holding the socket", async () => {
@@ -98,8 +99,8 @@ test("SIGTERM on one of two replicas (1012): the page resumes through the other,
     assert.equal(await metric(other, "gateway_sockets_open"), 1, "the page is now on the other replica");
     assert.equal(seen.missed.length, 0);
     await page.close();
-    proxy.stop();
   } finally {
+    proxy?.stop();
     for (const r of replicas) r.stop();
     redis.stop();
   }
@@ -237,7 +238,9 @@ test("the demo page's publish form reaches the socket (and the screenshot for th
     const seen = await pageState(page);
     assert.deepEqual(seen.received, await historyIds(gateway, user));
     assert.equal(seen.received.length, 1);
-    const shot = saveArtifact("demo.png", await page.screenshot());
+    // The toast slides in: the picture is taken once it has.
+    await toast.evaluate((el) => Promise.all(el.getAnimations().map((a) => a.finished)));
+    const shot = saveArtifact("demo.png", await page.screenshot({ clip: { x: 0, y: 0, width: 1200, height: 520 } }));
     if (process.env.UPDATE_DOCS_SCREENSHOT) copyFileSync(shot, new URL("../../docs/demo.png", import.meta.url));
     await page.close();
   } finally {
@@ -279,9 +282,10 @@ test("the demo page and its publish endpoint exist only where they should", asyn
 test("the React hook: connects on login, toasts every id once across a replica drain and a reload, disconnects on logout", async () => {
   const redis = await startRedis();
   const replicas = [];
+  let proxy;
   try {
     for (let i = 0; i < 2; i++) replicas.push(await startGateway({ redis }));
-    const proxy = await startProxy(replicas.map((r) => r.addr));
+    proxy = await startProxy(replicas.map((r) => r.addr));
     const user = 107;
     const page = await openHookPage(browser.context, proxy.url, user);
     const sockets = async () => {
@@ -320,8 +324,8 @@ test("the React hook: connects on login, toasts every id once across a replica d
     await page.waitForFunction(() => window.hookState === "idle");
     await waitFor("the socket to close on logout", async () => (await sockets()) === 0);
     await page.close();
-    proxy.stop();
   } finally {
+    proxy?.stop();
     for (const r of replicas) r.stop();
     redis.stop();
   }

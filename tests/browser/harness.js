@@ -219,7 +219,10 @@ export function token(key, user, ttlSeconds) {
 export async function startProxy(backends) {
   const port = await freePort();
   let next = 0;
+  const open = new Set();
   const server = net.createServer((client) => {
+    open.add(client);
+    client.on("close", () => open.delete(client));
     client.pause();
     const tryBackend = (left) => {
       if (left === 0) return client.destroy();
@@ -231,6 +234,8 @@ export async function startProxy(backends) {
         upstream.removeAllListeners("error");
         upstream.on("error", () => client.destroy());
         client.on("error", () => upstream.destroy());
+        upstream.on("close", () => client.destroy());
+        client.on("close", () => upstream.destroy());
         client.pipe(upstream);
         upstream.pipe(client);
         client.resume();
@@ -242,7 +247,10 @@ export async function startProxy(backends) {
   return {
     addr: `127.0.0.1:${port}`,
     url: `http://127.0.0.1:${port}`,
-    stop: () => server.close(),
+    stop() {
+      server.close();
+      for (const socket of open) socket.destroy();
+    },
   };
 }
 
@@ -266,6 +274,9 @@ export async function launchBrowser() {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      // Pages the tests serve by interception (the hook page) have no network address, so
+      // Chromium would treat them as public and block their sockets to 127.0.0.1.
+      "--disable-features=LocalNetworkAccessChecks",
     ],
   });
   return {
