@@ -27,4 +27,4 @@ if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/n
 fi
 
 node --test clients/js/test/client.test.js
-node --test --test-concurrency=1 tests/browser/client.test.js
+node --test tests/browser/client.test.js

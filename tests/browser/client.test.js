@@ -150,6 +150,20 @@ test("refusals retrying cannot fix stop the page with the reason: 403 and 401 af
     env: { GW__AUTH__MODE: "jwt", GW__AUTH__HS256_SECRET_FILE: key.file },
   });
   try {
+    // What the client's probe relies on: a plain GET of the socket URL runs the upgrade's
+    // checks and answers the same refusal, or 400 not_websocket when every check passed.
+    const probe = async (user, bearer) => {
+      const response = await fetch(`${gateway.url}/ws/notifications/${user}/`, {
+        headers: bearer ? { Authorization: `Bearer ${bearer}` } : {},
+      });
+      return [response.status, (await response.json()).error];
+    };
+    assert.deepEqual(await probe(104, token(key.key, 104, 3600)), [400, "not_websocket"]);
+    assert.deepEqual(await probe(104, token(key.key, 999, 3600)), [403, "token_for_another_user"]);
+    assert.deepEqual(await probe(104, token(key.key, 104, -120)), [401, "token_expired"]);
+    assert.deepEqual(await probe(104, null), [401, "token_missing"]);
+    assert.deepEqual(await probe("0", token(key.key, 104, 3600)), [400, "invalid_user_id"]);
+
     const cases = [
       // A token for another user: 403, whatever the token.
       { provider: () => token(key.key, 999, 3600), reason: "forbidden", status: 403 },
