@@ -1,6 +1,6 @@
 // Real parts for the Chromium tests: redis-server and gateway processes on free ports, a TCP
 // proxy in front of replicas, HS256 tokens, and Debian's chromium driven by playwright-core.
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createHmac, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
@@ -108,8 +108,6 @@ function redisPing(port) {
  */
 export async function startGateway({ redis = null, env = {} } = {}) {
   const port = await freePort();
-  const dir = mkdtempSync(join(tmpdir(), "browser-gateway-"));
-  const logFile = join(dir, "gateway.log");
   const log = [];
   const child = track(
     spawn(gatewayBinary(), [], {
@@ -140,10 +138,10 @@ export async function startGateway({ redis = null, env = {} } = {}) {
       child.kill("SIGTERM");
       return exited;
     },
+    /** Kills it; its log is kept in target/browser-artifacts/ for failures. */
     stop() {
       child.kill("SIGKILL");
-      writeFileSync(logFile, log.join(""));
-      rmSync(dir, { recursive: true, force: true });
+      saveArtifact(`gateway-${port}.log`, log.join(""));
     },
   };
   await waitFor(`gateway on ${port} ready\n${gateway.log()}`, async () => {
@@ -314,7 +312,6 @@ export function saveArtifact(name, data) {
   return join(ARTIFACTS, name);
 }
 
-export { readFileSync, spawnSync };
 
 const HOOK_PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>hook</title>
