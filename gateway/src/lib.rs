@@ -156,7 +156,12 @@ pub async fn run(
         .demo_enabled()
         .then(|| http::demo::DemoPage::new(&settings));
     if demo.is_some() {
-        tracing::info!("demo page on: open http://{address}/ (demo.enabled)");
+        let host = if address.ip().is_unspecified() {
+            format!("localhost:{}", address.port())
+        } else {
+            address.to_string()
+        };
+        tracing::info!("demo page on: open http://{host}/ (demo.enabled)");
     }
     let server = HttpServer::new(move || {
         App::new()
