@@ -167,6 +167,7 @@ pub async fn run(
         App::new()
             .app_data(web::Data::new(state.clone()))
             .wrap(middleware::from_fn(http::limits::request_head))
+            .wrap(middleware::from_fn(http::probe_cors::socket_probe))
             .configure(http::routes)
             .configure(|cfg| {
                 if let Some(page) = &demo {

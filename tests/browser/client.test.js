@@ -344,3 +344,61 @@ test("the React hook: connects on login, toasts every id once across a replica d
     redis.stop();
   }
 });
+
+test("a page of another origin learns why its socket was refused (CORS on the socket path, allowed origins only)", async () => {
+  const key = jwtKey();
+  const gateway = await startGateway({
+    env: {
+      GW__AUTH__MODE: "jwt",
+      GW__AUTH__HS256_SECRET_FILE: key.file,
+      GW__ORIGIN__ALLOWED: "http://frontend.test",
+    },
+  });
+  try {
+    const user = 108;
+    const opts = (provider, state) => ({ gateway: gateway.url, provider, state });
+    // The app's page on its own origin, the gateway on another: delivery works...
+    let page = await openHookPage(
+      browser.context,
+      "http://frontend.test",
+      user,
+      opts(() => token(key.key, user, 3600), "open"),
+    );
+    await publish(gateway, { user, ...message(0) });
+    await page.waitForFunction(() => window.toasts.length === 1);
+    await page.close();
+    // ...and a refusal is read through the probe: the client stops with the reason.
+    page = await openHookPage(
+      browser.context,
+      "http://frontend.test",
+      user,
+      opts(() => token(key.key, 999, 3600), "failed"),
+    );
+    const error = await page.evaluate(() => window.hookError);
+    assert.deepEqual([error.reason, error.status, error.error], ["forbidden", 403, "token_for_another_user"]);
+    await page.close();
+
+    // A page of an origin that may not open sockets is refused, and cannot read why: no CORS
+    // for it, so its client keeps retrying with backoff (it cannot tell a refusal from an outage).
+    page = await openHookPage(
+      browser.context,
+      "http://elsewhere.test",
+      user,
+      opts(() => token(key.key, user, 3600), "waiting"),
+    );
+    await page.close();
+    const preflight = (origin) =>
+      fetch(`${gateway.url}/ws/notifications/${user}/`, {
+        method: "OPTIONS",
+        headers: { Origin: origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization" },
+      });
+    const allowed = await preflight("http://frontend.test");
+    assert.equal(allowed.status, 204);
+    assert.equal(allowed.headers.get("access-control-allow-origin"), "http://frontend.test");
+    assert.equal(allowed.headers.get("access-control-allow-headers"), "authorization");
+    const other = await preflight("http://elsewhere.test");
+    assert.equal(other.headers.get("access-control-allow-origin"), null);
+  } finally {
+    gateway.stop();
+  }
+});

@@ -323,8 +323,9 @@ const HOOK_PAGE = `<!doctype html>
 import { useWebSocketNotifications } from "/__hook/react.js";
 const { createElement: h, useState } = React;
 window.toasts = [];
+const params = new URLSearchParams(location.search);
 function App() {
-  const [user, setUser] = useState(new URLSearchParams(location.search).get("user"));
+  const [user, setUser] = useState(params.get("user"));
   const [shown, setShown] = useState([]);
   window.login = setUser;
   window.logout = () => setUser(null);
@@ -333,8 +334,13 @@ function App() {
     window.toasts.push(n.id);
     setShown((list) => [...list, { type, message, id: n.id }]);
   };
-  const { state } = useWebSocketNotifications(user, { toast });
+  const { state, error } = useWebSocketNotifications(user, {
+    toast,
+    url: params.get("gw") || undefined,
+    getToken: window.hookGetToken ? (context) => window.hookGetToken(context) : undefined,
+  });
   window.hookState = state;
+  window.hookError = error;
   return h("div", null,
     h("p", { id: "state" }, state),
     h("ul", { id: "toasts" }, shown.map((t) => h("li", { key: t.id, className: "toast-" + t.type, "data-id": t.id }, t.message))));
@@ -346,9 +352,10 @@ ReactDOM.createRoot(document.getElementById("root")).render(h(App));
  * A page that uses the React hook (clients/js/src/react.js with React 18's UMD build), served
  * as if from `base` (the gateway's or the proxy's origin) by intercepting its paths.
  */
-export async function openHookPage(context, base, user) {
+export async function openHookPage(context, base, user, { gateway, provider, state = "open" } = {}) {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error("hook page error:", e.message));
+  if (provider) await page.exposeFunction("hookGetToken", provider);
   const files = {
     "react.js": join(ROOT, "clients/js/src/react.js"),
     "index.js": join(ROOT, "clients/js/src/index.js"),
@@ -367,7 +374,8 @@ export async function openHookPage(context, base, user) {
     if (files[name]) return route.fulfill({ contentType: "text/javascript", body: readFileSync(files[name]) });
     return route.fulfill({ status: 404, body: "" });
   });
-  await page.goto(`${base}/__hook/index.html?user=${user}`);
-  await page.waitForFunction(() => window.hookState === "open", null, { timeout: DEADLINE_MS });
+  const query = new URLSearchParams({ user: String(user), ...(gateway ? { gw: gateway } : {}) });
+  await page.goto(`${base}/__hook/index.html?${query}`);
+  await page.waitForFunction((s) => window.hookState === s, state, { timeout: DEADLINE_MS });
   return page;
 }

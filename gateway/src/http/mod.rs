@@ -4,6 +4,7 @@
 pub mod demo;
 mod history;
 pub mod limits;
+pub mod probe_cors;
 mod publish;
 
 use actix_web::{web, HttpResponse};
