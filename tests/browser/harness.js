@@ -102,12 +102,12 @@ function redisPing(port) {
 }
 
 /**
- * A gateway process. `addr` is the public listener (pages, sockets), `internal` where the
- * server API answers (publish, metrics, readyz): the same listener today; tests address the
- * API through `internal` so that a separate internal listener changes only this function.
+ * A gateway process. `addr` is the public listener (pages, sockets, inbox), `internal` the
+ * internal one (`server.internal_bind`: publish, metrics, readyz).
  */
 export async function startGateway({ redis = null, env = {} } = {}) {
   const port = await freePort();
+  const internalPort = await freePort();
   const log = [];
   const child = track(
     spawn(gatewayBinary(), [], {
@@ -115,6 +115,7 @@ export async function startGateway({ redis = null, env = {} } = {}) {
         PATH: process.env.PATH,
         RUST_LOG: "gateway=debug,info",
         GW__SERVER__BIND: `127.0.0.1:${port}`,
+        GW__SERVER__INTERNAL_BIND: `127.0.0.1:${internalPort}`,
         GW__SERVER__WORKERS: "2",
         GW__REDIS__URL: redis ? redis.url : "",
         GW__REDIS__RECONNECT_MAX_MS: "500",
@@ -129,7 +130,7 @@ export async function startGateway({ redis = null, env = {} } = {}) {
   const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
   const gateway = {
     addr: `127.0.0.1:${port}`,
-    internal: `127.0.0.1:${port}`,
+    internal: `127.0.0.1:${internalPort}`,
     url: `http://127.0.0.1:${port}`,
     log: () => log.join(""),
     exited,

@@ -137,11 +137,6 @@ impl Gate {
         self.origins.is_enforced()
     }
 
-    /// Whether pages of `origin` may open sockets (any origin while no allow-list is set).
-    pub fn allows_origin(&self, origin: &str) -> bool {
-        self.origins.check(Some(origin)).is_ok()
-    }
-
     /// May this request open `user`'s socket?
     pub fn admit(&self, req: &HttpRequest, user: UserId) -> Result<Admission, AuthError> {
         let headers = req.headers();
