@@ -27,8 +27,9 @@
 //!   token expiry, drain, slow consumers) and the close codes.
 //! - [`ws`]: the WebSocket upgrade handler and framing.
 //! - [`sse`]: the Server-Sent Events endpoint (`/sse/notifications/{user_id}/`) and framing.
-//! - [`http`]: routes of the public listener (WebSocket, SSE, inbox) and of the internal one
-//!   (`/api/publish`, `/metrics`, `/healthz`, `/readyz`).
+//! - [`http`]: routes of the public listener (WebSocket, SSE, inbox, the demo page at `/` with
+//!   the browser client of `clients/js`) and of the internal one (`/api/publish`,
+//!   `/api/schedule`, `/api/presence`, `/metrics`, `/healthz`, `/readyz`).
 //! - [`metrics`]: counters rendered for Prometheus.
 //! - [`schedule`]: scheduled notifications (fired from Redis by every node, or in memory);
 //!   [`presence`]: this node's socket counts, reported to Redis for fleet-wide presence.
@@ -219,11 +220,27 @@ pub async fn run(
     let address = listeners.public.local_addr()?;
     let internal_address = listeners.internal.local_addr()?;
     let internal_state = state.clone();
+    let demo = settings
+        .demo_enabled()
+        .then(|| http::demo::DemoPage::new(&settings));
+    if demo.is_some() {
+        let host = if address.ip().is_unspecified() {
+            format!("localhost:{}", address.port())
+        } else {
+            address.to_string()
+        };
+        tracing::info!("demo page on: open http://{host}/ (demo.enabled)");
+    }
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .wrap(middleware::from_fn(http::limits::request_head))
             .configure(http::public_routes)
+            .configure(|cfg| {
+                if let Some(page) = &demo {
+                    http::demo::routes(cfg, page.clone());
+                }
+            })
     })
     // Slowloris: the whole request head within this time, or 408 and disconnect. actix-http
     // times only a connection's first request, so a second request trickled on a kept-alive

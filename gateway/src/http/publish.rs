@@ -142,10 +142,15 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
+    deliver(&body, &state).await
+}
+
+/// Parses a publish body and sends it through the bus; shared with the demo page's form.
+pub(super) async fn deliver(body: &[u8], state: &AppState) -> Result<HttpResponse, ApiError> {
     let PublishRequest {
         users,
         notification,
-    } = PublishRequest::parse(&body)?;
+    } = PublishRequest::parse(body)?;
     let payload = notification
         .to_payload(state.settings.redis.max_payload_bytes)
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
