@@ -197,6 +197,24 @@ impl Metrics {
             "WebSocket upgrades and SSE requests refused (bad id, limits, shutdown).",
             self.upgrades_refused_total.load(Relaxed),
         );
+        line(
+            "gateway_scheduled_fired_total",
+            "counter",
+            "Scheduled notifications this node fired (published when due).",
+            self.scheduled_fired_total.load(Relaxed),
+        );
+        line(
+            "gateway_scheduled_dropped_total",
+            "counter",
+            "Scheduled notifications this node dropped: later than schedule.max_lateness_ms, or unreadable.",
+            self.scheduled_dropped_total.load(Relaxed),
+        );
+        line(
+            "gateway_presence_beat_failures_total",
+            "counter",
+            "Presence heartbeats that did not reach Redis.",
+            self.presence_beat_failures_total.load(Relaxed),
+        );
 
         let name = "gateway_connections_open";
         let _ = writeln!(
@@ -244,25 +262,6 @@ impl Metrics {
                 );
             }
         }
-
-        line(
-            "gateway_scheduled_fired_total",
-            "counter",
-            "Scheduled notifications this node fired (published when due).",
-            self.scheduled_fired_total.load(Relaxed),
-        );
-        line(
-            "gateway_scheduled_dropped_total",
-            "counter",
-            "Scheduled notifications this node dropped: later than schedule.max_lateness_ms, or unreadable.",
-            self.scheduled_dropped_total.load(Relaxed),
-        );
-        line(
-            "gateway_presence_beat_failures_total",
-            "counter",
-            "Presence heartbeats that did not reach Redis.",
-            self.presence_beat_failures_total.load(Relaxed),
-        );
 
         let name = "gateway_auth_refused_total";
         let _ = writeln!(
