@@ -213,11 +213,15 @@ export function token(key, user, ttlSeconds) {
 
 /**
  * A TCP proxy in front of replicas, as a load balancer without stickiness: each connection
- * goes to the next backend in turn, and to the one after when a backend refuses.
+ * goes to the next backend in turn, and to the one after when a backend refuses. With
+ * `refuseUpgrades` it plays a middlebox that breaks WebSockets: it answers any request
+ * carrying `Upgrade: websocket` with a 403 of its own (counted in `upgradesRefused`) and
+ * passes plain HTTP (pages, probes, event streams) through.
  */
-export async function startProxy(backends) {
+export async function startProxy(backends, { refuseUpgrades = false } = {}) {
   const port = await freePort();
   let next = 0;
+  let upgradesRefused = 0;
   const open = new Set();
   const server = net.createServer((client) => {
     open.add(client);
@@ -235,7 +239,21 @@ export async function startProxy(backends) {
         client.on("error", () => upstream.destroy());
         upstream.on("close", () => client.destroy());
         client.on("close", () => upstream.destroy());
-        client.pipe(upstream);
+        if (refuseUpgrades) {
+          // Every chunk is looked at: a kept-alive connection may carry the upgrade later.
+          client.on("data", (chunk) => {
+            if (/\r\nupgrade:[ \t]*websocket/i.test(chunk.toString("latin1"))) {
+              upgradesRefused += 1;
+              // The upstream goes when the client's side closes (below).
+              client.removeAllListeners("data");
+              client.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+              return;
+            }
+            upstream.write(chunk);
+          });
+        } else {
+          client.pipe(upstream);
+        }
         upstream.pipe(client);
         client.resume();
       });
@@ -246,6 +264,9 @@ export async function startProxy(backends) {
   return {
     addr: `127.0.0.1:${port}`,
     url: `http://127.0.0.1:${port}`,
+    get upgradesRefused() {
+      return upgradesRefused;
+    },
     stop() {
       server.close();
       for (const socket of open) socket.destroy();
