@@ -405,6 +405,23 @@ test("the React hook: connects on login, toasts every id once across a replica d
   }
 });
 
+test("the React hook passes transport through: with \"sse\" it toasts over an event stream only", async () => {
+  const gateway = await startGateway();
+  try {
+    const user = 111;
+    const page = await openHookPage(browser.context, gateway.url, user, { transport: "sse" });
+    assert.equal(await page.evaluate(() => window.hookTransport), "sse");
+    assert.equal(await metric(gateway, 'gateway_connections_open{transport="sse"}'), 1);
+    assert.equal(await metric(gateway, 'gateway_connections_open{transport="websocket"}'), 0);
+    for (let i = 0; i < 5; i++) await publish(gateway, { user, ...message(i) });
+    await page.waitForFunction(() => window.toasts.length === 5);
+    assert.deepEqual(await page.evaluate(() => [...window.toasts]), await historyIds(gateway, user));
+    await page.close();
+  } finally {
+    gateway.stop();
+  }
+});
+
 test("a page of another origin learns why its socket was refused (CORS on the socket path, allowed origins only)", async () => {
   const key = jwtKey();
   const gateway = await startGateway({

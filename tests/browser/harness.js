@@ -356,13 +356,15 @@ function App() {
     window.toasts.push(n.id);
     setShown((list) => [...list, { type, message, id: n.id }]);
   };
-  const { state, error } = useWebSocketNotifications(user, {
+  const { state, error, transport } = useWebSocketNotifications(user, {
     toast,
     url: params.get("gw") || undefined,
+    transport: params.get("transport") || undefined,
     getToken: window.hookGetToken ? (context) => window.hookGetToken(context) : undefined,
   });
   window.hookState = state;
   window.hookError = error;
+  window.hookTransport = transport;
   return h("div", null,
     h("p", { id: "state" }, state),
     h("ul", { id: "toasts" }, shown.map((t) => h("li", { key: t.id, className: "toast-" + t.type, "data-id": t.id }, t.message))));
@@ -374,7 +376,7 @@ ReactDOM.createRoot(document.getElementById("root")).render(h(App));
  * A page that uses the React hook (clients/js/src/react.js with React 18's UMD build), served
  * as if from `base` (the gateway's or the proxy's origin) by intercepting its paths.
  */
-export async function openHookPage(context, base, user, { gateway, provider, state = "open" } = {}) {
+export async function openHookPage(context, base, user, { gateway, provider, transport, state = "open" } = {}) {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error("hook page error:", e.message));
   if (provider) await page.exposeFunction("hookGetToken", provider);
@@ -396,7 +398,11 @@ export async function openHookPage(context, base, user, { gateway, provider, sta
     if (files[name]) return route.fulfill({ contentType: "text/javascript", body: readFileSync(files[name]) });
     return route.fulfill({ status: 404, body: "" });
   });
-  const query = new URLSearchParams({ user: String(user), ...(gateway ? { gw: gateway } : {}) });
+  const query = new URLSearchParams({
+    user: String(user),
+    ...(gateway ? { gw: gateway } : {}),
+    ...(transport ? { transport } : {}),
+  });
   await page.goto(`${base}/__hook/index.html?${query}`);
   await page.waitForFunction((s) => window.hookState === s, state, { timeout: DEADLINE_MS });
   return page;
