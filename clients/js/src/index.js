@@ -214,8 +214,8 @@ export function createNotificationClient(options) {
   }
 
   /**
-   * The stream ended: an `EventSource` whose `onmessage` gets the same text as a WebSocket
-   * frame. The gateway ends it with a `gateway.close` event carrying the close code the
+   * Opens the event stream: an `EventSource` whose `onmessage` gets the same text as a
+   * WebSocket frame. The gateway ends it with a `gateway.close` event carrying the close code the
    * WebSocket would get; the client then closes it and follows the same table (a 4001 needs a
    * fresh token in the URL, which the browser's own reconnect could not send). On a network
    * drop the browser reconnects by itself (`retry:` hint, `Last-Event-ID`); a refusal (any
