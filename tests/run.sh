@@ -89,8 +89,10 @@ fi
 
 # node-redis for the Node.js snippets of docs/PROTOCOL.md that the end-to-end tests run.
 ./tests/node.sh
-# Chromium and playwright-core for the EventSource test of tests/tests/e2e/sse.rs.
-./tests/sse-browser.sh
+# Chromium and playwright-core (tests/browser), once, for the EventSource test of
+# tests/tests/e2e/sse.rs and for tests/js.sh below.
+./tests/browser-deps.sh
+export BROWSER_DEPS_READY=1
 
 # The skip filters go to the test binaries, after a `--` (added unless the caller gave one).
 test_args=("$@")

@@ -107,6 +107,65 @@ test("SIGTERM on one of two replicas (1012): the page resumes through the other,
   }
 });
 
+test("a proxy that refuses WebSocket upgrades: the page falls back to SSE, every id once and in order across a replica SIGTERM", async () => {
+  const redis = await startRedis();
+  const replicas = [];
+  let proxy;
+  try {
+    for (let i = 0; i < 2; i++) {
+      replicas.push(await startGateway({ redis, env: { GW__DEMO__ENABLED: "true" } }));
+    }
+    proxy = await startProxy(
+      replicas.map((r) => r.addr),
+      { refuseUpgrades: true },
+    );
+    const user = 110;
+    const page = await openDemo(proxy.url, user);
+    const opened = await pageState(page);
+    const switched = opened.states.find((s) => s.reason === "websocket_blocked");
+    assert.ok(switched, `switched to SSE: ${JSON.stringify(opened.states)}`);
+    assert.equal(switched.transport, "sse");
+    assert.equal(opened.states.at(-1).transport, "sse", "open on SSE");
+    assert.equal(proxy.upgradesRefused, 2, "after two refused upgrades (fallbackAfter)");
+    const sse = 'gateway_connections_open{transport="sse"}';
+    const holder = await waitFor("the replica holding the event stream", async () => {
+      for (const r of replicas) if ((await metric(r, sse)) === 1) return r;
+      return null;
+    });
+    const other = replicas.find((r) => r !== holder);
+
+    // Steady publishing through the replica that stays, while the other drains.
+    const total = 60;
+    let drained = null;
+    for (let i = 0; i < total; i++) {
+      await publish(other, { user, ...message(i) });
+      if (i === 20) drained = holder.terminate();
+      await new Promise((r) => setTimeout(r, 15));
+    }
+    const exit = await drained;
+    assert.equal(exit.code, 0, `drained and exited cleanly: ${JSON.stringify(exit)}`);
+    await waitForReceived(page, total);
+    const seen = await pageState(page);
+    assert.deepEqual(seen.received, await historyIds(other, user), "every id, in order, once");
+    const drain = seen.states.find((s) => s.code === 1012);
+    assert.deepEqual(
+      { state: drain?.state, transport: drain?.transport, delayMs: drain?.delayMs },
+      { state: "reconnecting", transport: "sse", delayMs: 0 },
+      `the final event 1012 reconnects at once: ${JSON.stringify(seen.states)}`,
+    );
+    assert.equal(await metric(other, sse), 1, "the page is now on the other replica, still on SSE");
+    assert.equal(await metric(other, 'gateway_connections_open{transport="websocket"}'), 0);
+    assert.equal(proxy.upgradesRefused, 2, "no WebSocket attempt after the switch");
+    assert.equal(seen.missed.length, 0);
+    assert.match(await page.locator("#state").textContent(), /open \(SSE\)/);
+    await page.close();
+  } finally {
+    proxy?.stop();
+    for (const r of replicas) r.stop();
+    redis.stop();
+  }
+});
+
 test("token expiry (4001): the provider is called again, the page reconnects, nothing is lost", async () => {
   const key = jwtKey();
   const gateway = await startGateway({
@@ -345,6 +404,23 @@ test("the React hook: connects on login, toasts every id once across a replica d
     proxy?.stop();
     for (const r of replicas) r.stop();
     redis.stop();
+  }
+});
+
+test("the React hook passes transport through: with \"sse\" it toasts over an event stream only", async () => {
+  const gateway = await startGateway();
+  try {
+    const user = 111;
+    const page = await openHookPage(browser.context, gateway.url, user, { transport: "sse" });
+    assert.equal(await page.evaluate(() => window.hookTransport), "sse");
+    assert.equal(await metric(gateway, 'gateway_connections_open{transport="sse"}'), 1);
+    assert.equal(await metric(gateway, 'gateway_connections_open{transport="websocket"}'), 0);
+    for (let i = 0; i < 5; i++) await publish(gateway, { user, ...message(i) });
+    await page.waitForFunction(() => window.toasts.length === 5);
+    assert.deepEqual(await page.evaluate(() => [...window.toasts]), await historyIds(gateway, user));
+    await page.close();
+  } finally {
+    gateway.stop();
   }
 });
 

@@ -213,11 +213,15 @@ export function token(key, user, ttlSeconds) {
 
 /**
  * A TCP proxy in front of replicas, as a load balancer without stickiness: each connection
- * goes to the next backend in turn, and to the one after when a backend refuses.
+ * goes to the next backend in turn, and to the one after when a backend refuses. With
+ * `refuseUpgrades` it plays a middlebox that breaks WebSockets: it answers any request
+ * carrying `Upgrade: websocket` with a 403 of its own (counted in `upgradesRefused`) and
+ * passes plain HTTP (pages, probes, event streams) through.
  */
-export async function startProxy(backends) {
+export async function startProxy(backends, { refuseUpgrades = false } = {}) {
   const port = await freePort();
   let next = 0;
+  let upgradesRefused = 0;
   const open = new Set();
   const server = net.createServer((client) => {
     open.add(client);
@@ -235,7 +239,21 @@ export async function startProxy(backends) {
         client.on("error", () => upstream.destroy());
         upstream.on("close", () => client.destroy());
         client.on("close", () => upstream.destroy());
-        client.pipe(upstream);
+        if (refuseUpgrades) {
+          // Every chunk is looked at: a kept-alive connection may carry the upgrade later.
+          client.on("data", (chunk) => {
+            if (/\r\nupgrade:[ \t]*websocket/i.test(chunk.toString("latin1"))) {
+              upgradesRefused += 1;
+              // The upstream goes when the client's side closes (below).
+              client.removeAllListeners("data");
+              client.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+              return;
+            }
+            upstream.write(chunk);
+          });
+        } else {
+          client.pipe(upstream);
+        }
         upstream.pipe(client);
         client.resume();
       });
@@ -246,6 +264,9 @@ export async function startProxy(backends) {
   return {
     addr: `127.0.0.1:${port}`,
     url: `http://127.0.0.1:${port}`,
+    get upgradesRefused() {
+      return upgradesRefused;
+    },
     stop() {
       server.close();
       for (const socket of open) socket.destroy();
@@ -335,13 +356,15 @@ function App() {
     window.toasts.push(n.id);
     setShown((list) => [...list, { type, message, id: n.id }]);
   };
-  const { state, error } = useWebSocketNotifications(user, {
+  const { state, error, transport } = useWebSocketNotifications(user, {
     toast,
     url: params.get("gw") || undefined,
+    transport: params.get("transport") || undefined,
     getToken: window.hookGetToken ? (context) => window.hookGetToken(context) : undefined,
   });
   window.hookState = state;
   window.hookError = error;
+  window.hookTransport = transport;
   return h("div", null,
     h("p", { id: "state" }, state),
     h("ul", { id: "toasts" }, shown.map((t) => h("li", { key: t.id, className: "toast-" + t.type, "data-id": t.id }, t.message))));
@@ -353,7 +376,7 @@ ReactDOM.createRoot(document.getElementById("root")).render(h(App));
  * A page that uses the React hook (clients/js/src/react.js with React 18's UMD build), served
  * as if from `base` (the gateway's or the proxy's origin) by intercepting its paths.
  */
-export async function openHookPage(context, base, user, { gateway, provider, state = "open" } = {}) {
+export async function openHookPage(context, base, user, { gateway, provider, transport, state = "open" } = {}) {
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error("hook page error:", e.message));
   if (provider) await page.exposeFunction("hookGetToken", provider);
@@ -375,7 +398,11 @@ export async function openHookPage(context, base, user, { gateway, provider, sta
     if (files[name]) return route.fulfill({ contentType: "text/javascript", body: readFileSync(files[name]) });
     return route.fulfill({ status: 404, body: "" });
   });
-  const query = new URLSearchParams({ user: String(user), ...(gateway ? { gw: gateway } : {}) });
+  const query = new URLSearchParams({
+    user: String(user),
+    ...(gateway ? { gw: gateway } : {}),
+    ...(transport ? { transport } : {}),
+  });
   await page.goto(`${base}/__hook/index.html?${query}`);
   await page.waitForFunction((s) => window.hookState === s, state, { timeout: DEADLINE_MS });
   return page;

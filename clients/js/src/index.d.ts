@@ -44,13 +44,15 @@ export interface StateInfo {
   /** The gateway's error code, e.g. "token_for_another_user". */
   error?: string | null;
   message?: string | null;
-  /** Set with state "failed". */
-  reason?: FailureReason | "token_provider_failed";
+  /** Set with state "failed"; "websocket_blocked" with the "reconnecting" that switches to SSE. */
+  reason?: FailureReason | "token_provider_failed" | "websocket_blocked";
   /** Set with "waiting" and "reconnecting". */
   delayMs?: number;
   attempt?: number;
   /** Set with "open": the id the socket resumed after. */
   resumedFrom?: string | null;
+  /** Set with "open", and with "reconnecting" on SSE: the transport in use. */
+  transport?: "websocket" | "sse";
 }
 
 export interface TokenContext {
@@ -82,8 +84,17 @@ export interface ClientOptions {
   backoff?: { baseMs?: number; maxMs?: number };
   /** A socket open this long resets the backoff (default 5000). */
   stableMs?: number;
+  /**
+   * "auto" (default): the WebSocket, and Server-Sent Events for the rest of this start() when
+   * `fallbackAfter` sockets in a row failed before opening although the gateway would have
+   * accepted them (a proxy breaks upgrades). "websocket" or "sse": only that one.
+   */
+  transport?: "auto" | "websocket" | "sse";
+  /** auto: failed upgrades in a row before switching to SSE (default 2). */
+  fallbackAfter?: number;
   /** Test seams. */
   WebSocket?: typeof WebSocket;
+  EventSource?: typeof EventSource;
   fetch?: typeof fetch;
   env?: unknown;
   setTimeout?: (f: () => void, ms: number) => unknown;
@@ -96,6 +107,8 @@ export interface NotificationClient {
   start(): void;
   stop(): void;
   readonly state: State;
+  /** The transport in use (or last used): "websocket" or "sse". */
+  readonly transport: "websocket" | "sse";
   readonly lastId: string | null;
   /** Forgets the stored last id (e.g. on logout). */
   forget(): void;

@@ -1,7 +1,9 @@
 // Browser client of the notification gateway: one WebSocket per user that resumes with
 // `last_id`, deduplicates by id, refreshes its token on 4001, reconnects at once on 1012,
 // backs off with full jitter otherwise, waits while offline, and stops (saying why) on
-// refusals that retrying cannot fix. No dependencies; see README.md for the contract.
+// refusals that retrying cannot fix. Where WebSocket upgrades are broken on the way (the
+// gateway would accept but the socket never opens), it falls back to Server-Sent Events
+// (`EventSource`) with the same callbacks and rules. No dependencies; see README.md.
 
 const ID = /^(\d{1,20})-(\d{1,20})$/;
 
@@ -51,6 +53,7 @@ function defaultStorage(env) {
 export function createNotificationClient(options) {
   const env = options.env ?? globalThis;
   const WebSocketImpl = options.WebSocket ?? env.WebSocket;
+  const EventSourceImpl = options.EventSource ?? env.EventSource;
   const fetchImpl = options.fetch ?? (env.fetch ? env.fetch.bind(env) : null);
   const setTimer = options.setTimeout ?? ((f, ms) => setTimeout(f, ms));
   const clearTimer = options.clearTimeout ?? ((t) => clearTimeout(t));
@@ -60,9 +63,19 @@ export function createNotificationClient(options) {
   if (!/^[1-9]\d{0,18}$/.test(userId)) {
     throw new TypeError(`userId must be a positive integer, got ${JSON.stringify(options.userId)}`);
   }
-  if (typeof WebSocketImpl !== "function") {
+  const transport = options.transport ?? "auto";
+  if (!["auto", "websocket", "sse"].includes(transport)) {
+    throw new TypeError(`transport must be "auto", "websocket" or "sse", got ${JSON.stringify(options.transport)}`);
+  }
+  if (transport !== "sse" && typeof WebSocketImpl !== "function") {
     throw new TypeError("no WebSocket implementation: pass options.WebSocket");
   }
+  if (transport === "sse" && typeof EventSourceImpl !== "function") {
+    throw new TypeError("no EventSource implementation: pass options.EventSource");
+  }
+  // auto: this many sockets in a row that failed before opening while the gateway answered
+  // the probe "would accept" (a proxy on the way breaks upgrades) switch the client to SSE.
+  const fallbackAfter = Math.max(1, options.fallbackAfter ?? 2);
   const backoff = { baseMs: 1000, maxMs: 30000, ...options.backoff };
   // A socket that stayed open this long resets the backoff; one closed sooner does not, so a
   // server that accepts and closes at once is not hammered.
@@ -73,7 +86,9 @@ export function createNotificationClient(options) {
   const onMissed = options.onMissed ?? (() => {});
   const onStateChange = options.onStateChange ?? (() => {});
   const getToken = options.getToken ?? (async () => null);
-  const base = socketUrl(options.url, env, userId);
+  const gateway = gatewayBase(options.url, env);
+  const base = `${gateway}/ws/notifications/${userId}/`;
+  const sseBase = `${gateway.replace(/^ws/, "http")}/sse/notifications/${userId}/`;
 
   let lastId = readStoredId();
   let state = "idle";
@@ -85,6 +100,10 @@ export function createNotificationClient(options) {
   let generation = 0;
   let tokenReason = "connect";
   let freshTokenRefused = false;
+  // The transport in use: "websocket" or "sse". auto starts on the WebSocket and, once it
+  // fell back, stays on SSE until stop() (see README: "Where WebSockets are blocked").
+  let mode = transport === "sse" ? "sse" : "websocket";
+  let upgradeFailures = 0;
 
   function readStoredId() {
     try {
@@ -133,7 +152,9 @@ export function createNotificationClient(options) {
       .then(() => getToken({ userId, reason }))
       .then(
         (token) => {
-          if (mine === generation) open(mine, token ?? null);
+          if (mine !== generation) return;
+          if (mode === "sse") openStream(mine, token ?? null);
+          else open(mine, token ?? null);
         },
         (error) => {
           if (mine === generation) retry({ reason: "token_provider_failed", error });
@@ -157,7 +178,8 @@ export function createNotificationClient(options) {
       if (mine !== generation) return;
       openedAt = now();
       freshTokenRefused = false;
-      setState("open", { resumedFrom: lastId });
+      upgradeFailures = 0;
+      setState("open", { resumedFrom: lastId, transport: mode });
     };
     ws.onmessage = (event) => {
       if (mine !== generation) return;
@@ -191,25 +213,115 @@ export function createNotificationClient(options) {
     onNotification(frame);
   }
 
-  function closed(mine, event, openedAt, url, token) {
-    const code = event.code;
-    if (!running) return;
-    if (openedAt !== null) {
-      if (now() - openedAt >= stableMs) attempt = 0;
-      if (FATAL_CLOSE[code]) return fail({ reason: FATAL_CLOSE[code], code });
-      // The node is draining: the proxy sends us to another replica. At once, once.
-      if (code === 1012) return reconnectNow({ code });
-      if (code === 4001) {
-        tokenReason = "expired";
-        return reconnectNow({ code });
-      }
-      return retry({ code });
+  /**
+   * Opens the event stream: an `EventSource` whose `onmessage` gets the same text as a
+   * WebSocket frame. The gateway ends it with a `gateway.close` event carrying the close code the
+   * WebSocket would get; the client then closes it and follows the same table (a 4001 needs a
+   * fresh token in the URL, which the browser's own reconnect could not send). On a network
+   * drop the browser reconnects by itself (`retry:` hint, `Last-Event-ID`); a refusal (any
+   * status but 200) leaves it CLOSED, and the probe says why, as for a refused upgrade.
+   */
+  function openStream(mine, token) {
+    const params = new URLSearchParams();
+    if (token) params.set("token", token);
+    if (lastId) params.set("last_id", lastId);
+    const query = params.toString();
+    const url = query ? `${sseBase}?${query}` : sseBase;
+    let source;
+    try {
+      source = new EventSourceImpl(url);
+    } catch (error) {
+      fail({ reason: "bad_url", message: String(error && error.message) });
+      return;
     }
-    // Refused before opening. A browser hides the HTTP status of a refused upgrade, so ask
-    // the same URL over HTTP to learn it (see README: "Why a socket was refused").
+    socket = source;
+    let openedAt = null;
+    source.onopen = () => {
+      if (mine !== generation) return;
+      openedAt = now();
+      freshTokenRefused = false;
+      setState("open", { resumedFrom: lastId, transport: "sse" });
+    };
+    source.onmessage = (event) => {
+      if (mine !== generation) return;
+      receive(event.data);
+    };
+    source.addEventListener("gateway.close", (event) => {
+      if (mine !== generation) return;
+      let code = null;
+      try {
+        code = JSON.parse(event.data).code;
+      } catch {
+        /* a proxy's garbage: treated as a plain drop */
+      }
+      drop(source);
+      ended({ code: typeof code === "number" ? code : 1006, transport: "sse" }, openedAt ?? now());
+    });
+    source.onerror = () => {
+      if (mine !== generation) return;
+      if (source.readyState !== 2) {
+        // CONNECTING: the browser reconnects by itself, with Last-Event-ID.
+        if (openedAt !== null && now() - openedAt >= stableMs) attempt = 0;
+        openedAt = null;
+        setState("reconnecting", { transport: "sse" });
+        return;
+      }
+      // CLOSED: refused, on the first request or on one of the browser's own reconnects.
+      drop(source);
+      refused(mine, 1006, url, token);
+    };
+  }
+
+  function drop(source) {
+    source.onopen = source.onmessage = source.onerror = null;
+    try {
+      source.close();
+    } catch {
+      /* already closed */
+    }
+    if (socket === source) socket = null;
+  }
+
+  function closed(mine, event, openedAt, url, token) {
+    if (!running) return;
+    if (openedAt !== null) return ended({ code: event.code }, openedAt);
+    refused(mine, event.code, url, token);
+  }
+
+  /** A connection that was open ended with a close code (a WebSocket's, or gateway.close's). */
+  function ended(info, openedAt) {
+    const { code } = info;
+    if (!running) return;
+    if (now() - openedAt >= stableMs) attempt = 0;
+    if (FATAL_CLOSE[code]) return fail({ reason: FATAL_CLOSE[code], code });
+    // The node is draining: the proxy sends us to another replica. At once, once.
+    if (code === 1012) return reconnectNow(info);
+    if (code === 4001) {
+      tokenReason = "expired";
+      return reconnectNow(info);
+    }
+    return retry(info);
+  }
+
+  /**
+   * Refused before opening. A browser hides the HTTP status of a refused upgrade (and of a
+   * refused EventSource), so ask the same URL over HTTP to learn it (README: "Why a socket was
+   * refused").
+   */
+  function refused(mine, code, url, token) {
+    if (!running) return;
     probe(url, token).then((refusal) => {
       if (mine !== generation || !running) return;
-      if (!refusal) return retry({ code });
+      if (refusal && refusal.accepted && mode === "websocket" && transport === "auto" && EventSourceImpl) {
+        // The gateway would have taken this socket, yet it never opened: something on the
+        // way breaks upgrades. Twice in a row (fallbackAfter) and the stream takes over.
+        upgradeFailures += 1;
+        if (upgradeFailures >= fallbackAfter) {
+          mode = "sse";
+          return reconnectNow({ code, reason: "websocket_blocked", transport: "sse" });
+        }
+      }
+      if (!refusal || refusal.accepted) return retry({ code });
       const { status, error, message } = refusal;
       if (status === 401) {
         if (freshTokenRefused) return fail({ reason: "unauthorized", status, error, message });
@@ -225,9 +337,10 @@ export function createNotificationClient(options) {
   }
 
   /**
-   * What the gateway answers a plain GET of the socket URL: `{status, error, message}` for a
-   * refusal, or null when the request passed every check (`not_websocket`), or the probe
-   * could not tell (network down, another origin without CORS, no fetch).
+   * What the gateway answers a plain GET of the socket (or stream) URL: `{status, error,
+   * message}` for a refusal, `{accepted: true}` when the request passed every check
+   * (`not_websocket`, or a stream that opened), or null when the probe could not tell
+   * (network down, another origin without CORS, no fetch).
    */
   async function probe(url, token) {
     if (!fetchImpl) return null;
@@ -237,7 +350,15 @@ export function createNotificationClient(options) {
         credentials: "omit",
         cache: "no-store",
       });
-      if (response.ok) return null;
+      if (response.ok) {
+        // An event stream that opened this time: let it go at once.
+        try {
+          if (response.body && typeof response.body.cancel === "function") response.body.cancel().catch(() => {});
+        } catch {
+          /* nothing to cancel */
+        }
+        return { accepted: true };
+      }
       let body = {};
       try {
         body = await response.json();
@@ -246,7 +367,7 @@ export function createNotificationClient(options) {
       }
       const error = typeof body.error === "string" ? body.error : null;
       const message = typeof body.message === "string" ? body.message : null;
-      if (error === "not_websocket") return null;
+      if (error === "not_websocket") return { accepted: true };
       // Same-origin GETs carry no Origin header, which an origin allow-list refuses: that
       // answer says nothing about the socket, whose handshake does carry it.
       if (response.status === 403 && message && message.startsWith("no Origin header")) return null;
@@ -319,6 +440,9 @@ export function createNotificationClient(options) {
       running = true;
       attempt = 0;
       freshTokenRefused = false;
+      // Every start() tries the WebSocket first again (auto).
+      mode = transport === "sse" ? "sse" : "websocket";
+      upgradeFailures = 0;
       listen(true);
       connect();
     },
@@ -331,7 +455,7 @@ export function createNotificationClient(options) {
       timer = null;
       listen(false);
       if (socket) {
-        socket.onopen = socket.onmessage = socket.onclose = null;
+        socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
         try {
           socket.close(1000);
         } catch {
@@ -344,6 +468,10 @@ export function createNotificationClient(options) {
     /** The state: idle, connecting, open, reconnecting, waiting, offline, failed or stopped. */
     get state() {
       return state;
+    },
+    /** The transport in use or last used: "websocket" or "sse". */
+    get transport() {
+      return mode;
     },
     /** The id of the last notification received (also in storage), or null. */
     get lastId() {
@@ -361,8 +489,8 @@ export function createNotificationClient(options) {
   };
 }
 
-/** `ws(s)://host/ws/notifications/<user>/` from an http(s)/ws(s) base URL or the page's. */
-function socketUrl(url, env, userId) {
+/** `ws(s)://host[/prefix]` from an http(s)/ws(s) base URL or the page's. */
+function gatewayBase(url, env) {
   let base = url;
   if (!base) {
     const location = env.location;
@@ -373,5 +501,5 @@ function socketUrl(url, env, userId) {
   if (!/^wss?:\/\//.test(base)) {
     throw new TypeError(`url must start with ws://, wss://, http:// or https://, got ${JSON.stringify(url)}`);
   }
-  return `${base}/ws/notifications/${userId}/`;
+  return base;
 }

@@ -3,6 +3,8 @@ import type { ClientOptions, MissedFrame, Notification, State, StateInfo, TokenC
 export interface HookOptions {
   /** ws(s):// or http(s):// base of the gateway; default: the page's own origin. */
   url?: string;
+  /** "auto" (default: WebSocket, Server-Sent Events where upgrades are blocked), "websocket" or "sse". */
+  transport?: ClientOptions["transport"];
   getToken?: (context: TokenContext) => string | null | undefined | Promise<string | null | undefined>;
   /** The app's toast function, called as toast(type, message, notification). */
   toast?: (type: Notification["type"], message: string, notification: Notification) => void;
@@ -17,6 +19,8 @@ export interface HookOptions {
 export interface HookResult {
   state: State;
   connected: boolean;
+  /** The transport in use once connected: "websocket" or "sse". */
+  transport: "websocket" | "sse" | null;
   /** Why the client stopped, when it did. */
   error: StateInfo | null;
 }

@@ -14,7 +14,7 @@ export function useWebSocketNotifications(userId, options = {}) {
   // The latest callbacks without reconnecting when the app passes new closures each render.
   const latest = useRef(options);
   latest.current = options;
-  const { url } = options;
+  const { url, transport } = options;
 
   useEffect(() => {
     if (userId === null || userId === undefined || userId === "") {
@@ -24,6 +24,7 @@ export function useWebSocketNotifications(userId, options = {}) {
     const client = createNotificationClient({
       ...latest.current.clientOptions,
       url,
+      transport,
       userId,
       getToken: (context) => (latest.current.getToken ? latest.current.getToken(context) : null),
       onNotification: (n) => {
@@ -41,11 +42,13 @@ export function useWebSocketNotifications(userId, options = {}) {
     });
     client.start();
     return () => client.stop();
-  }, [userId, url]);
+  }, [userId, url, transport]);
 
   return {
     state: status.state,
     connected: status.state === "open",
+    // "websocket" or "sse" (the fallback where upgrades are blocked) while connected.
+    transport: status.state === "open" ? (status.info.transport ?? null) : null,
     // Set when the client stopped on a refusal retrying cannot fix.
     error: status.state === "failed" ? status.info : null,
   };

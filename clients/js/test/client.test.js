@@ -69,6 +69,50 @@ function fakeSockets() {
   return { sockets, FakeWebSocket, last: () => sockets[sockets.length - 1] };
 }
 
+/** EventSource as the browser runs it: the test plays the gateway and the network. */
+function fakeEventSources() {
+  const sources = [];
+  class FakeEventSource {
+    constructor(url) {
+      this.url = url;
+      this.readyState = 0; // CONNECTING
+      this.listeners = {};
+      this.closed = false;
+      sources.push(this);
+    }
+    addEventListener(type, f) {
+      (this.listeners[type] ??= []).push(f);
+    }
+    close() {
+      this.readyState = 2;
+      this.closed = true;
+    }
+    // Test side
+    accept() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+    send(frame) {
+      this.onmessage?.({ data: typeof frame === "string" ? frame : JSON.stringify(frame), lastEventId: frame.id ?? "" });
+    }
+    /** The gateway's final event (gateway.close) before it ends the stream. */
+    end(code) {
+      for (const f of this.listeners["gateway.close"] ?? []) f({ data: JSON.stringify({ code, reason: "r" }) });
+    }
+    /** A network drop: the browser reconnects by itself (readyState CONNECTING). */
+    lose() {
+      this.readyState = 0;
+      this.onerror?.({});
+    }
+    /** An answer other than a 200 event stream: the browser gives up (CLOSED). */
+    refuse() {
+      this.readyState = 2;
+      this.onerror?.({});
+    }
+  }
+  return { sources, FakeEventSource, last: () => sources[sources.length - 1] };
+}
+
 class FakeWindow {
   listeners = {};
   navigator = { onLine: true };
@@ -110,6 +154,7 @@ class MemoryStorage {
 function setup(overrides = {}) {
   const clock = new Clock();
   const ws = fakeSockets();
+  const es = fakeEventSources();
   const win = new FakeWindow();
   const storage = overrides.storage ?? new MemoryStorage();
   const events = { notifications: [], missed: [], states: [], tokens: [], probes: [] };
@@ -134,18 +179,22 @@ function setup(overrides = {}) {
       events.probes.push({ url, auth: init.headers.Authorization });
       const answer = probeAnswers.shift() ?? { status: 400, body: { error: "not_websocket" } };
       if (answer.throws) throw new TypeError("Failed to fetch");
+      const ok = answer.status >= 200 && answer.status < 300;
       return {
-        ok: answer.status >= 200 && answer.status < 300,
+        ok,
         status: answer.status,
         json: async () => answer.body,
+        // An event stream that opened: the client must let it go.
+        body: ok ? { cancel: async () => events.probes.push("cancelled") } : null,
       };
     },
     onNotification: (n) => events.notifications.push(n.id ?? n.message),
     onMissed: (m) => events.missed.push(m),
     onStateChange: (s, info) => events.states.push({ s, ...info }),
+    ...(overrides.sse ? { EventSource: es.FakeEventSource } : {}),
     ...overrides.options,
   });
-  return { client, clock, ws, win, storage, events, probeAnswers };
+  return { client, clock, ws, es, win, storage, events, probeAnswers };
 }
 
 const note = (id, message = `n${id}`) => ({ id, type: "info", message });
@@ -516,4 +565,276 @@ test("bad options are refused with a clear error", () => {
     /url must start with/,
   );
   assert.throws(() => createNotificationClient({ url: "https://x", userId: 1, env: {} }), /no WebSocket/);
+});
+
+// --- Server-Sent Events (transport "sse", and auto's fallback) ---
+
+const sse = (options = {}) => setup({ sse: true, options: { transport: "sse", ...options } });
+
+test("sse: one EventSource with the token and last_id in the query, the same callbacks and dedupe", async () => {
+  const storage = new MemoryStorage();
+  storage.setItem("notify:last_id:42", "5-0");
+  const { client: c2, ws, es: es2, events: ev2 } = setup({ sse: true, storage, options: { transport: "sse" } });
+  c2.start();
+  await settle();
+  assert.equal(es2.sources.length, 1);
+  assert.equal(es2.last().url, "https://gw.example/sse/notifications/42/?token=token-1&last_id=5-0");
+  es2.last().accept();
+  assert.equal(c2.state, "open");
+  assert.equal(c2.transport, "sse");
+  assert.deepEqual(ev2.states.at(-1), { s: "open", resumedFrom: "5-0", transport: "sse" });
+  es2.last().send(note("5-0")); // overlap: already had it
+  es2.last().send(note("6-0"));
+  es2.last().send({ type: "info", message: "plain" });
+  es2.last().send(note("6-0"));
+  es2.last().send(note("7-0"));
+  assert.deepEqual(ev2.notifications, ["6-0", "plain", "7-0"]);
+  assert.equal(storage.getItem("notify:last_id:42"), "7-0");
+  assert.equal(ws.sockets.length, 0, "no WebSocket at all");
+});
+
+test("sse: the gateway's final event 1012 (drain) reconnects at once, from the last id, with a fresh token", async () => {
+  const { client, es, events, clock } = sse();
+  client.start();
+  await settle();
+  const first = es.last();
+  first.accept();
+  first.send(note("1-0"));
+  first.send(note("2-0"));
+  first.end(1012);
+  assert.ok(first.closed, "closed by the client, not left to the browser's reconnect");
+  assert.deepEqual(events.states.at(-1), { s: "reconnecting", code: 1012, transport: "sse", delayMs: 0 });
+  await clock.advance(0);
+  assert.equal(es.sources.length, 2);
+  assert.equal(es.last().url, "https://gw.example/sse/notifications/42/?token=token-2&last_id=2-0");
+  es.last().accept();
+  es.last().send(note("2-0")); // replay overlap
+  es.last().send(note("3-0"));
+  assert.deepEqual(events.notifications, ["1-0", "2-0", "3-0"]);
+  first.send(note("9-0")); // a late event of the old stream
+  assert.deepEqual(events.notifications, ["1-0", "2-0", "3-0"]);
+});
+
+test("sse: token expiry (final event 4001) asks the provider for a new token and reconnects at once", async () => {
+  const { client, es, events, clock } = sse();
+  client.start();
+  await settle();
+  es.last().accept();
+  es.last().send(note("1-0"));
+  es.last().end(4001);
+  await clock.advance(0);
+  assert.deepEqual(events.tokens, ["connect", "expired"]);
+  assert.equal(es.last().url, "https://gw.example/sse/notifications/42/?token=token-2&last_id=1-0");
+  assert.equal(es.sources.length, 2);
+});
+
+test("sse: a network drop is left to the browser's own reconnect (Last-Event-ID); a slow-consumer end backs off", async () => {
+  const { client, es, events, clock } = sse();
+  client.start();
+  await settle();
+  es.last().accept();
+  es.last().send(note("1-0"));
+  es.last().lose();
+  assert.equal(client.state, "reconnecting");
+  assert.equal(clock.timers.length, 0, "no timer: the browser reconnects");
+  es.last().accept(); // the browser's reconnect opened, resuming after Last-Event-ID
+  es.last().send(note("1-0"));
+  es.last().send(note("2-0"));
+  assert.equal(es.sources.length, 1);
+  assert.deepEqual(events.notifications, ["1-0", "2-0"]);
+  es.last().end(4008);
+  assert.equal(client.state, "waiting");
+  await clock.advance(clock.pending());
+  assert.equal(es.sources.length, 2);
+  assert.match(es.last().url, /last_id=2-0$/);
+});
+
+test("sse: refusals are probed on the stream URL; 403 stops, 401 gets one fresh token then stops", async () => {
+  {
+    const { client, es, events, probeAnswers } = sse();
+    probeAnswers.push({ status: 403, body: { error: "token_for_another_user", message: "m" } });
+    client.start();
+    await settle();
+    es.last().refuse();
+    await settle();
+    assert.equal(events.probes[0].url, "https://gw.example/sse/notifications/42/?token=token-1");
+    assert.equal(client.state, "failed");
+    assert.deepEqual(events.states.at(-1), {
+      s: "failed",
+      reason: "forbidden",
+      status: 403,
+      error: "token_for_another_user",
+      message: "m",
+    });
+  }
+  {
+    const { client, es, events, probeAnswers, clock } = sse();
+    probeAnswers.push({ status: 401, body: { error: "token_expired" } }, { status: 401, body: { error: "token_expired" } });
+    client.start();
+    await settle();
+    es.last().refuse();
+    await settle();
+    await clock.advance(0);
+    assert.deepEqual(events.tokens, ["connect", "unauthorized"]);
+    assert.equal(es.sources.length, 2);
+    es.last().refuse();
+    await settle();
+    assert.equal(client.state, "failed");
+    assert.equal(events.states.at(-1).reason, "unauthorized");
+  }
+});
+
+test("sse: a browser reconnect that is refused (the token in the URL expired meanwhile) gets a fresh token", async () => {
+  const { client, es, events, probeAnswers, clock } = sse();
+  client.start();
+  await settle();
+  es.last().accept();
+  es.last().send(note("1-0"));
+  es.last().lose();
+  probeAnswers.push({ status: 401, body: { error: "token_expired" } });
+  es.last().refuse();
+  await settle();
+  await clock.advance(0);
+  assert.deepEqual(events.tokens, ["connect", "unauthorized"]);
+  assert.equal(es.last().url, "https://gw.example/sse/notifications/42/?token=token-2&last_id=1-0");
+});
+
+test("sse: a probe whose stream opened (the failure was the network) is cancelled and the client backs off", async () => {
+  const { client, es, events, probeAnswers, clock } = sse();
+  probeAnswers.push({ status: 200 });
+  client.start();
+  await settle();
+  es.last().refuse();
+  await settle();
+  assert.deepEqual(events.probes.slice(1), ["cancelled"]);
+  assert.equal(client.state, "waiting");
+  await clock.advance(clock.pending());
+  assert.equal(es.sources.length, 2);
+});
+
+test("sse: the missed frame goes to onMissed and resets the resume point", async () => {
+  const storage = new MemoryStorage();
+  storage.setItem("notify:last_id:42", "9-0");
+  const { client, es, events, clock } = setup({ sse: true, storage, options: { transport: "sse" } });
+  client.start();
+  await settle();
+  es.last().accept();
+  es.last().send({ id: "3-0", type: "warning", message: "m", event: "gateway.missed", data: { since: "9-0" } });
+  es.last().send(note("4-0"));
+  assert.equal(events.missed.length, 1);
+  assert.deepEqual(events.notifications, ["4-0"]);
+  es.last().end(1012);
+  await clock.advance(0);
+  assert.match(es.last().url, /last_id=4-0$/);
+});
+
+test("sse: stop() closes the EventSource; late events are ignored", async () => {
+  const { client, es, events } = sse();
+  client.start();
+  await settle();
+  const source = es.last();
+  source.accept();
+  client.stop();
+  assert.ok(source.closed);
+  assert.equal(client.state, "stopped");
+  for (const f of source.listeners["gateway.close"]) f({ data: '{"code":1012}' });
+  assert.equal(client.state, "stopped");
+  assert.equal(events.notifications.length, 0);
+});
+
+test("auto: two upgrades that fail while the gateway would accept switch to SSE, which keeps the last id", async () => {
+  const { client, ws, es, events, clock } = setup({ sse: true });
+  client.start();
+  await settle();
+  ws.last().accept();
+  ws.last().send(note("1-0"));
+  ws.last().drop(1006); // a drop after opening: not a blocked upgrade
+  await settle();
+  await clock.advance(clock.pending());
+  ws.last().drop(1006); // never opened; probe: not_websocket
+  await settle();
+  assert.equal(es.sources.length, 0, "one failure is not enough");
+  await clock.advance(clock.pending());
+  ws.last().drop(1006);
+  await settle();
+  assert.deepEqual(events.states.at(-1), {
+    s: "reconnecting",
+    code: 1006,
+    reason: "websocket_blocked",
+    transport: "sse",
+    delayMs: 0,
+  });
+  await clock.advance(0);
+  assert.equal(ws.sockets.length, 3);
+  assert.equal(es.sources.length, 1);
+  assert.equal(es.last().url, "https://gw.example/sse/notifications/42/?token=token-4&last_id=1-0");
+  es.last().accept();
+  es.last().send(note("2-0"));
+  assert.deepEqual(events.notifications, ["1-0", "2-0"]);
+  assert.equal(client.transport, "sse");
+  // It stays on SSE, a drain included, until stop(); a new start() tries the WebSocket first.
+  es.last().end(1012);
+  await clock.advance(0);
+  assert.equal(es.sources.length, 2);
+  assert.equal(ws.sockets.length, 3);
+  client.stop();
+  client.start();
+  await settle();
+  assert.equal(ws.sockets.length, 4);
+  assert.equal(client.transport, "websocket");
+});
+
+test("auto: no fallback when the probe cannot tell, when a socket opened in between, or when told websocket", async () => {
+  {
+    const { client, ws, es, clock, probeAnswers } = setup({ sse: true });
+    client.start();
+    await settle();
+    for (let i = 0; i < 4; i++) {
+      probeAnswers.push({ throws: true });
+      ws.last().drop(1006);
+      await settle();
+      await clock.advance(clock.pending());
+    }
+    assert.equal(es.sources.length, 0, "network down is not a blocked upgrade");
+  }
+  {
+    const { client, ws, es, clock } = setup({ sse: true });
+    client.start();
+    await settle();
+    for (let i = 0; i < 3; i++) {
+      ws.last().drop(1006);
+      await settle();
+      await clock.advance(clock.pending());
+      ws.last().accept(); // the one after each failure opens: the counter restarts
+      ws.last().drop(1006);
+      await settle();
+      await clock.advance(clock.pending());
+    }
+    assert.equal(es.sources.length, 0, "failures not in a row");
+  }
+  {
+    const { client, ws, es, clock } = setup({ sse: true, options: { transport: "websocket" } });
+    client.start();
+    await settle();
+    for (let i = 0; i < 4; i++) {
+      ws.last().drop(1006);
+      await settle();
+      await clock.advance(clock.pending());
+    }
+    assert.equal(es.sources.length, 0);
+    assert.equal(ws.sockets.length, 5);
+  }
+});
+
+test("transport options are checked", () => {
+  assert.throws(
+    () => createNotificationClient({ url: "https://gw.example", userId: 1, transport: "polling", WebSocket: class {} }),
+    /transport must be "auto", "websocket" or "sse"/,
+  );
+  assert.throws(
+    () => createNotificationClient({ url: "https://gw.example", userId: 1, transport: "sse", env: {} }),
+    /no EventSource implementation/,
+  );
+  // SSE alone needs no WebSocket.
+  createNotificationClient({ url: "https://gw.example", userId: 1, transport: "sse", env: {}, EventSource: class {} });
 });

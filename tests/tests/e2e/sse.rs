@@ -1,7 +1,7 @@
 //! The Server-Sent Events endpoint, for networks that break WebSockets: the same ids, order,
 //! resume, missed event, authentication, slow-consumer rule and drain as the WebSocket path,
 //! read by a raw HTTP client that parses the stream as `EventSource` does. (The same in real
-//! Chromium: tests/sse-browser.sh.)
+//! Chromium: tests/browser/eventsource.mjs, installed by tests/browser-deps.sh.)
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -535,7 +535,7 @@ impl Balancer {
     }
 }
 
-/// The node script of tests/sse-browser driving chromium; killed on drop.
+/// The node script of tests/browser driving chromium; killed on drop.
 struct Browser {
     child: std::process::Child,
     lines: tokio::sync::mpsc::UnboundedReceiver<Value>,
@@ -561,16 +561,16 @@ impl Browser {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         assert!(
             std::path::Path::new("/usr/bin/chromium").is_file(),
-            "chromium not found: install it with `apt-get install -y chromium` (or run ./tests/sse-browser.sh)"
+            "chromium not found: install it with `apt-get install -y chromium` (or run ./tests/browser-deps.sh)"
         );
         assert!(
-            root.join("tests/sse-browser/node_modules/playwright-core")
+            root.join("tests/browser/node_modules/playwright-core")
                 .is_dir(),
-            "playwright-core not installed: run ./tests/sse-browser.sh"
+            "playwright-core not installed: run ./tests/browser-deps.sh"
         );
         let mut child = std::process::Command::new(node)
             .current_dir(&root)
-            .arg("tests/sse-browser/eventsource.mjs")
+            .arg("tests/browser/eventsource.mjs")
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -1,7 +1,7 @@
 // One page in Debian's chromium holding a plain `EventSource`, for tests/tests/e2e/sse.rs.
 //
-//   node tests/sse-browser/eventsource.mjs <origin> <path>
-//   node tests/sse-browser/eventsource.mjs <origin> --script <file>
+//   node tests/browser/eventsource.mjs <origin> <path>
+//   node tests/browser/eventsource.mjs <origin> --script <file>
 //
 // Serves an empty page at <origin>/sse-test.html (through playwright's router, so the page has
 // the gateway's origin and the stream is same-origin), opens `new EventSource(<path>)` in it,
