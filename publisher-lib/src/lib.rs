@@ -52,5 +52,5 @@ pub use error::{ErrorKind, PublishError};
 pub use events::{Event, EventError};
 pub use notification::Notification;
 pub use publisher::{Publisher, PublisherOptions, Receipt};
-pub use topology::{PooledConnection, SentinelConfig};
+pub use topology::{ClusterConfig, PooledConnection, SentinelConfig};
 pub use wire::{Level, StreamId, UserId};

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use crate::error::PublishError;
 use crate::notification::{now_millis, Notification};
 use crate::script;
-use crate::topology::{PooledConnection, SentinelConfig, SentinelManager, SentinelPool};
+use crate::topology::{
+    ClusterConfig, PooledConnection, SentinelConfig, SentinelManager, SentinelPool,
+};
 use crate::wire::{self, StreamId, UserId};
 
 /// The history-and-publish script, hashed once (EVALSHA after the first load).
@@ -170,6 +172,11 @@ enum Connections {
     },
     /// Whichever node the sentinels name master.
     Sentinel(SentinelPool),
+    /// A Redis Cluster: one multiplexed connection (to every master), opened on first use.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        conn: std::sync::Arc<tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>>,
+    },
 }
 
 impl fmt::Debug for Publisher {
@@ -180,8 +187,9 @@ impl fmt::Debug for Publisher {
             .field(
                 "pool",
                 &match &self.connections {
-                    Connections::Single { pool, .. } => pool.status(),
-                    Connections::Sentinel(pool) => pool.status(),
+                    Connections::Single { pool, .. } => format!("{:?}", pool.status()),
+                    Connections::Sentinel(pool) => format!("{:?}", pool.status()),
+                    Connections::Cluster { .. } => "one cluster connection".to_owned(),
                 },
             )
             .finish()
@@ -297,6 +305,40 @@ impl Publisher {
         })
     }
 
+    /// A publisher for a Redis Cluster (Redis 7+): each notification is stored in
+    /// `history:{user_<id>}` and published with `SPUBLISH` (sharded pub/sub) on the master of
+    /// the user's slot, so publishing and delivery scale with the shards. Commands follow
+    /// MOVED/ASK redirections and failovers by themselves; connection errors are retried until
+    /// `options.timeout` with the notification's one-time token. One multiplexed connection
+    /// per master, opened on first use (so `options.pool_size` is ignored); does not touch the
+    /// network here. `options.min_replica_acks` is not supported (WAIT is per connection and
+    /// node): it must be 0.
+    pub fn with_cluster(
+        cluster: ClusterConfig,
+        options: PublisherOptions,
+    ) -> Result<Self, PublishError> {
+        options.validate()?;
+        if options.min_replica_acks > 0 {
+            return Err(PublishError::InvalidOptions(
+                "min_replica_acks is not supported with a Redis Cluster: leave it 0",
+            ));
+        }
+        let mut builder = redis::cluster::ClusterClientBuilder::new(cluster.urls()?)
+            .connection_timeout(options.timeout)
+            .response_timeout(options.timeout);
+        if let Some(password) = &cluster.password {
+            builder = builder.password(password);
+        }
+        let client = builder.build().map_err(PublishError::InvalidConfig)?;
+        Ok(Publisher {
+            connections: Connections::Cluster {
+                client,
+                conn: Default::default(),
+            },
+            options,
+        })
+    }
+
     /// A publisher over a pool you built yourself (to share it, or for settings this crate
     /// does not expose). `options.pool_size` is ignored; `options.timeout` still bounds every
     /// call, whatever timeouts the pool has.
@@ -328,6 +370,29 @@ impl Publisher {
                 .await
                 .map(PooledConnection::Sentinel)
                 .map_err(|e| PublishError::from_sentinel_pool(e, timeout)),
+            Connections::Cluster { client, conn } => {
+                let open = conn.get_or_try_init(|| client.get_async_connection());
+                match tokio::time::timeout(timeout, open).await {
+                    Ok(Ok(conn)) => Ok(PooledConnection::Cluster(conn.clone())),
+                    Ok(Err(e)) => Err(PublishError::from_redis(e, timeout)),
+                    Err(_) => Err(PublishError::Timeout(timeout)),
+                }
+            }
+        }
+    }
+
+    /// Whether this publisher leads to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connections, Connections::Cluster { .. })
+    }
+
+    /// The key of `user`'s history stream for this publisher's topology:
+    /// `history:user_<id>`, or `history:{user_<id>}` on a Redis Cluster.
+    pub fn history_key(&self, user: UserId) -> String {
+        if self.is_cluster() {
+            user.cluster_history_key()
+        } else {
+            user.history_key()
         }
     }
 
@@ -343,6 +408,7 @@ impl Publisher {
                 .await
                 .map(Some)
                 .map_err(|e| PublishError::from_redis(e, self.options.timeout)),
+            Connections::Cluster { .. } => Ok(None),
         }
     }
 
@@ -358,7 +424,10 @@ impl Publisher {
     }
 
     fn follows_failover(&self) -> bool {
-        matches!(self.connections, Connections::Sentinel(_))
+        matches!(
+            self.connections,
+            Connections::Sentinel(_) | Connections::Cluster { .. }
+        )
     }
 
     /// Checks that Redis answers (for startup and health checks).
@@ -447,7 +516,7 @@ impl Publisher {
         let tokens: Vec<String> = users.iter().map(|_| once_token()).collect();
         let replies: Vec<(String, usize)> = self
             .execute(|retry| {
-                let mut pipe = script_pipeline(users.len());
+                let mut pipe = self.script_pipeline(users.len());
                 for (user, token) in users.iter().zip(&tokens) {
                     pipe.invoke_script(&self.invocation(*user, payload, token, retry));
                 }
@@ -479,7 +548,7 @@ impl Publisher {
         let tokens: Vec<String> = batch.iter().map(|_| once_token()).collect();
         let replies: Vec<(String, usize)> = self
             .execute(|retry| {
-                let mut pipe = script_pipeline(batch.len());
+                let mut pipe = self.script_pipeline(batch.len());
                 for ((user, payload), token) in batch.iter().zip(&tokens) {
                     pipe.invoke_script(&self.invocation(*user, payload, token, retry));
                 }
@@ -530,13 +599,16 @@ impl Publisher {
     ) -> redis::ScriptInvocation<'a> {
         let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
         invocation
-            .key(user.history_key())
+            .key(self.history_key(user))
             .arg(user.channel())
             .arg(payload)
             .arg(self.options.history_max_len)
             .arg(self.options.history_max_age.as_millis() as u64)
             .arg(token)
             .arg(if retry { "1" } else { "0" });
+        if self.is_cluster() {
+            invocation.arg("sharded");
+        }
         invocation
     }
 
@@ -584,7 +656,12 @@ impl Publisher {
         let mut conn = self.connection().await?;
         // Safe to send again after NOSCRIPT: the pipeline is one invocation, or several
         // behind a SCRIPT LOAD (see script_pipeline), so none of them ran.
-        let result = script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT).await;
+        let result = match &conn {
+            PooledConnection::Cluster(cluster) => {
+                script::query_each(cluster, pipe, &PUBLISH_SCRIPT).await
+            }
+            _ => script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT).await,
+        };
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
         {
             // Nothing ran: a replica refuses the whole script. The master moved; find it.
@@ -633,9 +710,17 @@ fn connection_config(options: &PublisherOptions) -> AsyncConnectionConfig {
 /// LOAD on the same connection: otherwise, after a Redis restart, the head of a batch can meet
 /// NOSCRIPT while another connection loads the script and its tail then runs, and sending the
 /// batch again would store and deliver that tail twice (gw-bench saw it on a fresh Redis).
-fn script_pipeline(invocations: usize) -> Pipeline {
+/// On a Redis Cluster the commands go one by one (see `script::query_each`), each reloading
+/// the script after its own NOSCRIPT: no SCRIPT LOAD in front.
+impl Publisher {
+    fn script_pipeline(&self, invocations: usize) -> Pipeline {
+        script_pipeline(invocations, self.is_cluster())
+    }
+}
+
+fn script_pipeline(invocations: usize, cluster: bool) -> Pipeline {
     let mut pipe = redis::pipe();
-    if invocations > 1 {
+    if invocations > 1 && !cluster {
         pipe.cmd("SCRIPT")
             .arg("LOAD")
             .arg(wire::PUBLISH_SCRIPT)
