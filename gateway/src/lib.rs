@@ -112,6 +112,10 @@ pub async fn run(
                     master = %sentinel.master_name,
                     "scaled-out mode: subscribing through the Redis master the sentinels name"
                 ),
+                RedisTopology::Cluster(cluster) => tracing::info!(
+                    seeds = ?cluster.nodes,
+                    "scaled-out mode: sharded pub/sub on a Redis Cluster, one link per master"
+                ),
             }
             Arc::new(bus)
         }

@@ -174,8 +174,9 @@ enum Connections {
     Sentinel(SentinelPool),
     /// A Redis Cluster: one multiplexed connection (to every master), opened on first use.
     Cluster {
-        client: redis::cluster::ClusterClient,
-        conn: std::sync::Arc<tokio::sync::OnceCell<redis::cluster_async::ClusterConnection>>,
+        client: Box<redis::cluster::ClusterClient>,
+        /// Dropped when a call stalls or fails on it (see `attempt`), and opened again.
+        conn: std::sync::Arc<std::sync::Mutex<Option<redis::cluster_async::ClusterConnection>>>,
     },
 }
 
@@ -311,18 +312,13 @@ impl Publisher {
     /// MOVED/ASK redirections and failovers by themselves; connection errors are retried until
     /// `options.timeout` with the notification's one-time token. One multiplexed connection
     /// per master, opened on first use (so `options.pool_size` is ignored); does not touch the
-    /// network here. `options.min_replica_acks` is not supported (WAIT is per connection and
-    /// node): it must be 0.
+    /// network here. `options.min_replica_acks` sends WAIT to each master that ran a script of
+    /// the call (on the same connection), so an acknowledged notification survives a failover.
     pub fn with_cluster(
         cluster: ClusterConfig,
         options: PublisherOptions,
     ) -> Result<Self, PublishError> {
         options.validate()?;
-        if options.min_replica_acks > 0 {
-            return Err(PublishError::InvalidOptions(
-                "min_replica_acks is not supported with a Redis Cluster: leave it 0",
-            ));
-        }
         let mut builder = redis::cluster::ClusterClientBuilder::new(cluster.urls()?)
             .connection_timeout(options.timeout)
             .response_timeout(options.timeout);
@@ -332,7 +328,7 @@ impl Publisher {
         let client = builder.build().map_err(PublishError::InvalidConfig)?;
         Ok(Publisher {
             connections: Connections::Cluster {
-                client,
+                client: Box::new(client),
                 conn: Default::default(),
             },
             options,
@@ -371,9 +367,15 @@ impl Publisher {
                 .map(PooledConnection::Sentinel)
                 .map_err(|e| PublishError::from_sentinel_pool(e, timeout)),
             Connections::Cluster { client, conn } => {
-                let open = conn.get_or_try_init(|| client.get_async_connection());
-                match tokio::time::timeout(timeout, open).await {
-                    Ok(Ok(conn)) => Ok(PooledConnection::Cluster(conn.clone())),
+                if let Some(open) = lock(conn).clone() {
+                    return Ok(PooledConnection::Cluster(open));
+                }
+                // Reads the slot map from the first seed that answers.
+                match tokio::time::timeout(timeout, client.get_async_connection()).await {
+                    Ok(Ok(open)) => {
+                        *lock(conn) = Some(open.clone());
+                        Ok(PooledConnection::Cluster(open))
+                    }
                     Ok(Err(e)) => Err(PublishError::from_redis(e, timeout)),
                     Err(_) => Err(PublishError::Timeout(timeout)),
                 }
@@ -415,11 +417,23 @@ impl Publisher {
     /// Drops `conn` and every idle pooled connection: after a READONLY reply (or replicas
     /// that no longer follow), those may all lead to a demoted master.
     fn forget(&self, conn: PooledConnection) {
-        if let Connections::Sentinel(pool) = &self.connections {
-            pool.retain(|_, _| false);
-        }
+        self.forget_connections();
         if let PooledConnection::Sentinel(conn) = conn {
             let _ = deadpool::managed::Object::take(conn);
+        }
+    }
+
+    /// Drops the idle connections that may lead to a node that is no longer a master (with
+    /// Sentinel), or the cluster connection (with a Cluster: the next call opens a new one,
+    /// which reads the slot map again). Nothing for a single server. Calls in progress finish
+    /// on what they hold.
+    pub fn forget_connections(&self) {
+        match &self.connections {
+            Connections::Sentinel(pool) => {
+                pool.retain(|_, _| false);
+            }
+            Connections::Cluster { conn, .. } => *lock(conn) = None,
+            Connections::Single { .. } => {}
         }
     }
 
@@ -658,7 +672,25 @@ impl Publisher {
         // behind a SCRIPT LOAD (see script_pipeline), so none of them ran.
         let result = match &conn {
             PooledConnection::Cluster(cluster) => {
-                script::query_each(cluster, pipe, &PUBLISH_SCRIPT).await
+                // redis-rs 1.8's cluster connection was seen waiting out the whole timeout on
+                // the slots of a SIGKILLed master even after its replica took over: bound one
+                // attempt, then open a new connection (it reads the slot map again) and retry
+                // with the one-time token.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let cap = (timeout / 4).max(CLUSTER_ATTEMPT).min(left);
+                match tokio::time::timeout(cap, script::query_each(cluster, pipe, &PUBLISH_SCRIPT))
+                    .await
+                {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(e)) => {
+                        self.forget_connections();
+                        Err(e)
+                    }
+                    Err(_) => {
+                        self.forget_connections();
+                        return Err(PublishError::unavailable(ClusterStalled(cap)));
+                    }
+                }
             }
             _ => script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT).await,
         };
@@ -675,12 +707,13 @@ impl Publisher {
         if wanted > 0 {
             // WAIT counts the replicas that hold everything this connection wrote so far.
             let left = deadline.saturating_duration_since(Instant::now());
-            let acked: u32 = redis::cmd("WAIT")
-                .arg(wanted)
-                .arg(left.as_millis().max(1) as u64)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| PublishError::from_redis(e, timeout))?;
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(wanted).arg(left.as_millis().max(1) as u64);
+            let acked: u32 = match &conn {
+                PooledConnection::Cluster(cluster) => wait_on_shards(cluster, pipe, &wait).await,
+                _ => wait.query_async(&mut conn).await,
+            }
+            .map_err(|e| PublishError::from_redis(e, timeout))?;
             if acked < wanted {
                 // Perhaps a master whose replicas follow another one now: ask again.
                 self.forget(conn);
@@ -689,6 +722,47 @@ impl Publisher {
         }
         Ok(value)
     }
+}
+
+/// WAIT on the connection to each master that ran a command of `pipe` (each is a script
+/// invocation whose first key gives the slot); the fewest replicas any of them reports.
+async fn wait_on_shards(
+    cluster: &redis::cluster_async::ClusterConnection,
+    pipe: &Pipeline,
+    wait: &redis::Cmd,
+) -> redis::RedisResult<u32> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let routes: std::collections::HashSet<Route> = pipe
+        .cmd_iter()
+        .filter_map(|cmd| match cmd.args_iter().nth(3)? {
+            // EVALSHA sha numkeys key ...
+            redis::Arg::Simple(key) => Some(Route::with_key(key, SlotAddr::Master)),
+            _ => None,
+        })
+        .collect();
+    let acked = futures_util::future::try_join_all(routes.into_iter().map(|route| {
+        let mut cluster = cluster.clone();
+        let wait = wait.clone();
+        async move {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            let value = cluster.route_command(wait, routing).await?;
+            Ok::<u32, redis::RedisError>(redis::FromRedisValue::from_redis_value(value)?)
+        }
+    }))
+    .await?;
+    Ok(acked.into_iter().min().unwrap_or(0))
+}
+
+/// Shortest bound of one attempt on a Redis Cluster (a quarter of the timeout when longer).
+const CLUSTER_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// An attempt on a Redis Cluster got no answer in time; it is retried on a new connection.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from the cluster within {0:?}")]
+struct ClusterStalled(Duration);
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Fewer replicas than [`PublisherOptions::min_replica_acks`] confirmed a write in time.

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bench_smoke;
+mod cluster;
 mod cross_language;
 mod delivery;
 mod deploy;

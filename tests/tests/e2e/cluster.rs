@@ -1,0 +1,384 @@
+//! Redis Cluster: sharded pub/sub. Gateways hold one subscriber connection per master shard,
+//! users on every shard get their own notifications and nobody else's, and a master SIGKILLed
+//! mid-stream loses no acknowledged notification.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::topology::Cluster;
+use e2e::{Gateway, WsClient};
+use publisher::{ClusterConfig, Publisher, PublisherOptions};
+
+use crate::sentinel::{bounded_output, docs_snippet};
+use crate::{numbered, user};
+
+fn start_gateway(cluster: &Cluster, extra: &[(&str, &str)]) -> Gateway {
+    let nodes = cluster.seed_addrs().join(",");
+    let mut settings = vec![("GW__REDIS__CLUSTER_NODES", nodes.as_str())];
+    settings.extend_from_slice(extra);
+    Gateway::start(None, &settings)
+}
+
+/// `min_replica_acks` 1: every acknowledged notification is on the shard's replica too, so
+/// the replica promoted by a failover has it.
+fn cluster_publisher(cluster: &Cluster, timeout: Duration) -> Publisher {
+    let options = PublisherOptions {
+        timeout,
+        min_replica_acks: 1,
+        ..PublisherOptions::default()
+    };
+    Publisher::with_cluster(ClusterConfig::new(cluster.seed_addrs()), options)
+        .expect("a publisher for the cluster")
+}
+
+/// `per_shard` user ids whose channels hash to each master, from `first` up.
+fn users_on_every_shard(cluster: &Cluster, first: u64, per_shard: usize) -> Vec<u64> {
+    let shards = cluster.shards();
+    let mut by_shard: HashMap<u16, Vec<u64>> = HashMap::new();
+    let mut id = first;
+    while by_shard.len() < shards.len() || by_shard.values().any(|u| u.len() < per_shard) {
+        let slot = cluster.keyslot(&format!("user_{id}"));
+        let port = shards.iter().find(|s| s.owns(slot)).expect("an owner").port;
+        let users = by_shard.entry(port).or_default();
+        if users.len() < per_shard {
+            users.push(id);
+        }
+        id += 1;
+    }
+    let mut users: Vec<u64> = by_shard.into_values().flatten().collect();
+    users.sort_unstable();
+    users
+}
+
+/// Receives until the notification numbered `last`; returns the numbers before it and the
+/// missed frames. Every frame must be for `id` (isolation).
+async fn receive_until(client: &mut WsClient, id: u64, last: u64) -> (Vec<u64>, usize) {
+    let (mut numbers, mut missed) = (Vec::new(), 0);
+    loop {
+        let frame = client.next_json().await;
+        if frame["event"] == "gateway.missed" {
+            missed += 1;
+            continue;
+        }
+        assert_eq!(
+            frame["data"]["user"], id,
+            "a frame for someone else: {frame}"
+        );
+        let n = frame["data"]["n"]
+            .as_u64()
+            .expect("a numbered notification");
+        if n == last {
+            return (numbers, missed);
+        }
+        numbers.push(n);
+    }
+}
+
+fn note(id: u64, n: u64) -> publisher::Notification {
+    numbered(n).with_data("user", id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_on_every_shard_get_their_own_notifications_over_one_link_per_shard() {
+    let cluster = Cluster::start(3, 1);
+    let gateways = [start_gateway(&cluster, &[]), start_gateway(&cluster, &[])];
+    let users = users_on_every_shard(&cluster, 1, 3);
+    let mut clients = Vec::new();
+    for (i, id) in users.iter().enumerate() {
+        let gateway = &gateways[i % 2];
+        clients.push(WsClient::connect(&gateway.ws_url(&id.to_string())).await);
+    }
+    let publisher = cluster_publisher(&cluster, Duration::from_secs(5));
+    for n in 1..=5 {
+        for id in &users {
+            let receivers = publisher.publish(user(*id), note(*id, n)).await.unwrap();
+            assert_eq!(receivers, 1, "user {id}: one gateway node subscribed");
+        }
+    }
+    for (client, id) in clients.iter_mut().zip(&users) {
+        client_publish_last(&publisher, *id).await;
+        let (numbers, missed) = receive_until(client, *id, LAST).await;
+        assert_eq!(numbers, [1, 2, 3, 4, 5], "user {id}");
+        assert_eq!(missed, 0);
+    }
+    // One subscriber connection per gateway on each master, however many users it serves.
+    for shard in cluster.shards() {
+        let node = cluster.nodes.iter().find(|n| n.port == shard.port).unwrap();
+        let subscribers = node.subscriber_clients("ssub");
+        assert_eq!(
+            subscribers.len(),
+            2,
+            "master {}: one SSUBSCRIBE connection per gateway node:\n{}",
+            shard.port,
+            subscribers.join("\n")
+        );
+        // And nothing on the broadcast pub/sub of the cluster bus.
+        assert!(node.subscriber_clients("sub").is_empty());
+    }
+    // Every other user on each gateway, each subscribed once.
+    let expected = [users.len().div_ceil(2), users.len() / 2];
+    for (gateway, expected) in gateways.iter().zip(expected) {
+        assert_eq!(
+            gateway.metric("gateway_redis_subscriptions") as usize,
+            expected
+        );
+    }
+}
+
+const LAST: u64 = 1_000_000;
+
+async fn client_publish_last(publisher: &Publisher, id: u64) {
+    publisher
+        .publish(user(id), note(id, LAST))
+        .await
+        .expect("publishing the last notification");
+}
+
+/// The accounting of a fault scenario, printed for the report.
+#[derive(Debug, Default)]
+struct Counts {
+    published: usize,
+    acknowledged: usize,
+    delivered: usize,
+    lost: usize,
+    duplicated: usize,
+    out_of_order: usize,
+    missed_frames: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_killed_mid_stream_loses_no_acknowledged_notification() {
+    const ROUNDS: u64 = 40;
+    let mut cluster = Cluster::start(3, 1);
+    let gateways = [start_gateway(&cluster, &[]), start_gateway(&cluster, &[])];
+    let users = users_on_every_shard(&cluster, 2000, 8);
+    let kill_after = users.len() * ROUNDS as usize / 3;
+    let victim_slot = cluster.keyslot(&format!("user_{}", users[0]));
+    let mut clients = Vec::new();
+    for (i, id) in users.iter().enumerate() {
+        let gateway = &gateways[i % 2];
+        clients.push(WsClient::connect(&gateway.ws_url(&id.to_string())).await);
+    }
+    let publisher = cluster_publisher(&cluster, Duration::from_secs(3));
+
+    let published = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = {
+        let publisher = publisher.clone();
+        let published = published.clone();
+        let users = users.clone();
+        tokio::spawn(async move {
+            let mut acknowledged: HashMap<u64, Vec<u64>> = HashMap::new();
+            for n in 1..=ROUNDS {
+                for id in &users {
+                    published.fetch_add(1, SeqCst);
+                    let started = std::time::Instant::now();
+                    match publisher.publish(user(*id), note(*id, n)).await {
+                        Ok(_) => acknowledged.entry(*id).or_default().push(n),
+                        Err(e) => {
+                            eprintln!("publish {id}/{n} failed after {:?}: {e}", started.elapsed())
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            acknowledged
+        })
+    };
+    let killer = {
+        let published = published.clone();
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            e2e::topology::wait_until(e2e::DEADLINE, "a third was published", || {
+                published.load(SeqCst) >= kill_after || stop.load(SeqCst)
+            });
+            let old = cluster.kill_owner(victim_slot);
+            let new = cluster.wait_failover(old, victim_slot);
+            // The promoted replica has no replica of its own, so WAIT 1 cannot be satisfied
+            // there (those publishes fail, unacknowledged) until the old master is back as
+            // its replica.
+            cluster.node(old).restart();
+            cluster.wait_settled(3);
+            (cluster, old, new)
+        })
+    };
+    let acknowledged = publishing.await.expect("publishing task");
+    stop.store(true, SeqCst);
+    let (cluster, old, new) = killer.await.expect("failover");
+    assert_ne!(old, new);
+    for gateway in &gateways {
+        gateway.wait_ready();
+    }
+    for id in &users {
+        client_publish_last(&publisher, *id).await;
+    }
+    let mut counts = Counts {
+        published: published.load(SeqCst),
+        acknowledged: acknowledged.values().map(Vec::len).sum(),
+        ..Counts::default()
+    };
+    for (client, id) in clients.iter_mut().zip(&users) {
+        let (numbers, missed) = receive_until(client, *id, LAST).await;
+        counts.delivered += numbers.len();
+        counts.missed_frames += missed;
+        let mut seen = HashSet::new();
+        counts.duplicated += numbers.iter().filter(|n| !seen.insert(**n)).count();
+        counts.out_of_order += numbers.windows(2).filter(|w| w[0] >= w[1]).count();
+        let lost = acknowledged.get(id).map_or(0, |acked| {
+            acked.iter().filter(|n| !seen.contains(n)).count()
+        });
+        // A loss covered by a missed frame was reported to the user: not silent.
+        if missed == 0 {
+            counts.lost += lost;
+        }
+    }
+    eprintln!("cluster failover {old} -> {new}: {counts:?}");
+    assert!(counts.acknowledged > 0 && counts.acknowledged <= counts.published);
+    assert_eq!(
+        counts.lost, 0,
+        "acknowledged notifications vanished: {counts:?}"
+    );
+    assert_eq!(counts.duplicated, 0, "{counts:?}");
+    assert_eq!(counts.out_of_order, 0, "{counts:?}");
+    for gateway in &gateways {
+        assert_eq!(
+            gateway.metric("gateway_sockets_open") as usize,
+            users.len() / 2,
+            "sockets stayed open"
+        );
+    }
+    // The promoted replica serves the victim's users over one link per gateway, too.
+    let promoted = cluster.nodes.iter().find(|n| n.port == new).unwrap();
+    assert_eq!(promoted.subscriber_clients("ssub").len(), 2);
+    drop(cluster);
+}
+
+#[test]
+fn a_gateway_given_a_url_and_cluster_nodes_refuses_to_start_naming_the_key() {
+    let stderr = crate::start_fails(&[
+        ("GW__REDIS__URL", "redis://127.0.0.1:6390"),
+        ("GW__REDIS__CLUSTER_NODES", "127.0.0.1:7000"),
+        ("GW__AUTH__MODE", "none"),
+    ]);
+    assert!(stderr.contains("redis.cluster_nodes"), "{stderr}");
+    let stderr = crate::start_fails(&[
+        ("GW__REDIS__CLUSTER_NODES", "127.0.0.1"),
+        ("GW__AUTH__MODE", "none"),
+    ]);
+    assert!(stderr.contains("redis.cluster_nodes"), "{stderr}");
+}
+
+const API_KEY: &str = "c1a55e8d4f0b7a9e3c6d2b1f8e4a7c0d9b3e6f1a2c5d8e0b";
+
+#[tokio::test]
+async fn every_publishing_path_takes_the_cluster_setting() {
+    let cluster = Cluster::start(3, 0);
+    let gateway = start_gateway(&cluster, &[("GW__PUBLISH__API_KEYS", API_KEY)]);
+    let id = 42;
+    let mut client = WsClient::connect(&gateway.ws_url("42")).await;
+    let nodes = cluster.seed_addrs().join(",");
+
+    // publisher-lib
+    let options = PublisherOptions {
+        timeout: Duration::from_secs(5),
+        ..PublisherOptions::default()
+    };
+    Publisher::with_cluster(ClusterConfig::new(cluster.seed_addrs()), options)
+        .unwrap()
+        .publish(user(id), numbered(1))
+        .await
+        .expect("publisher-lib through the cluster");
+    assert_eq!(client.next_json().await["message"], "note 1");
+    // Stored where the script's slot is: history:{user_42}.
+    let stored: usize = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.role().as_deref() == Some("master"))
+        .map(|n| {
+            n.try_query::<usize>(redis::cmd("XLEN").arg("history:{user_42}"))
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(stored, 1);
+
+    // POST /api/publish on a gateway configured with redis.cluster_nodes
+    let auth = format!("Bearer {API_KEY}");
+    let (status, answer) = e2e::http_post_json(
+        gateway.internal,
+        "/api/publish",
+        &[("Authorization", &auth)],
+        r#"{"user": 42, "type": "info", "message": "from the API"}"#,
+    )
+    .expect("POST /api/publish");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(client.next_json().await["message"], "from the API");
+
+    // the notify CLI
+    let out = Command::new(env!("CARGO_BIN_EXE_notify-e2e"))
+        .args(["--cluster-nodes", &nodes])
+        .args(["--user", "42", "--type", "info", "--message", "from notify"])
+        .output()
+        .expect("running notify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(client.next_json().await["message"], "from notify");
+
+    // docs/PROTOCOL.md's redis-py snippet
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let snippet = docs_snippet(
+        &root.join("docs/PROTOCOL.md"),
+        "<!-- snippet:python-cluster -->",
+    );
+    let python = e2e::require_program("python3", "python3");
+    let out = bounded_output(
+        Command::new(python)
+            .current_dir(root)
+            .arg("-c")
+            .arg(&snippet)
+            .env("REDIS_CLUSTER_NODES", &nodes),
+    );
+    assert!(
+        out.status.success(),
+        "the Cluster snippet of docs/PROTOCOL.md failed:\n{snippet}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(client.next_json().await["message"], "Your car is ready");
+
+    // docs/PROTOCOL.md's node-redis snippet, with tests/node's pinned node-redis
+    let snippet = docs_snippet(
+        &root.join("docs/PROTOCOL.md"),
+        "<!-- snippet:node-cluster -->",
+    );
+    let node_modules = root.join("tests/node/node_modules");
+    assert!(
+        node_modules.join("redis").is_dir(),
+        "node-redis missing: run ./tests/node.sh (./tests/run.sh does)"
+    );
+    let dir = e2e::TempDir::new("node-snippet");
+    std::os::unix::fs::symlink(&node_modules, dir.0.join("node_modules")).unwrap();
+    std::fs::copy(
+        root.join("publisher-lib/src/publish.lua"),
+        dir.0.join("publish.lua"),
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("snippet.mjs"), &snippet).unwrap();
+    let out = bounded_output(
+        Command::new(e2e::require_program("node", "nodejs"))
+            .current_dir(&dir.0)
+            .arg("snippet.mjs")
+            .env("REDIS_CLUSTER_NODES", &nodes),
+    );
+    assert!(
+        out.status.success(),
+        "the node-redis Cluster snippet of docs/PROTOCOL.md failed:\n{snippet}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(client.next_json().await["message"], "Your car is ready too");
+}
