@@ -382,3 +382,175 @@ async fn every_publishing_path_takes_the_cluster_setting() {
     );
     assert_eq!(client.next_json().await["message"], "Your car is ready too");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resharding_live_users_slots_moves_their_subscriptions_and_loses_nothing() {
+    const ROUNDS: u64 = 60;
+    let cluster = Cluster::start(3, 0);
+    let gateways = [start_gateway(&cluster, &[]), start_gateway(&cluster, &[])];
+    let users = users_on_every_shard(&cluster, 3000, 4);
+    let mut clients = Vec::new();
+    for (i, id) in users.iter().enumerate() {
+        let gateway = &gateways[i % 2];
+        clients.push(WsClient::connect(&gateway.ws_url(&id.to_string())).await);
+    }
+    // The slots of every user of the first master move to the second, one after another,
+    // while notifications flow.
+    let shards = cluster.shards();
+    let (from, to) = (shards[0].port, shards[1].port);
+    let moving: Vec<(u64, u16)> = users
+        .iter()
+        .map(|id| (*id, cluster.keyslot(&format!("user_{id}"))))
+        .filter(|(_, slot)| shards[0].owns(*slot))
+        .collect();
+    assert!(!moving.is_empty());
+    let options = PublisherOptions {
+        timeout: Duration::from_secs(5),
+        ..PublisherOptions::default()
+    };
+    let publisher =
+        Publisher::with_cluster(ClusterConfig::new(cluster.seed_addrs()), options).unwrap();
+    let published = Arc::new(AtomicUsize::new(0));
+    let publishing = {
+        let publisher = publisher.clone();
+        let published = published.clone();
+        let users = users.clone();
+        tokio::spawn(async move {
+            let mut acknowledged: HashMap<u64, Vec<u64>> = HashMap::new();
+            for n in 1..=ROUNDS {
+                for id in &users {
+                    published.fetch_add(1, SeqCst);
+                    match publisher.publish(user(*id), note(*id, n)).await {
+                        Ok(_) => acknowledged.entry(*id).or_default().push(n),
+                        Err(e) => eprintln!("publish {id}/{n} failed: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            acknowledged
+        })
+    };
+    let migrating = {
+        let published = published.clone();
+        let moving = moving.clone();
+        let total = users.len() * ROUNDS as usize;
+        tokio::task::spawn_blocking(move || {
+            for (i, (_, slot)) in moving.iter().enumerate() {
+                let at = total * (i + 1) / (moving.len() + 2);
+                e2e::topology::wait_until(e2e::DEADLINE, "publishing went on", || {
+                    published.load(SeqCst) >= at
+                });
+                cluster.migrate_slot(*slot, to);
+            }
+            cluster
+        })
+    };
+    let acknowledged = publishing.await.expect("publishing task");
+    let cluster = migrating.await.expect("migrations");
+    for id in &users {
+        client_publish_last(&publisher, *id).await;
+    }
+    let mut counts = Counts {
+        published: published.load(SeqCst),
+        acknowledged: acknowledged.values().map(Vec::len).sum(),
+        ..Counts::default()
+    };
+    for (client, id) in clients.iter_mut().zip(&users) {
+        let (numbers, missed) = receive_until(client, *id, LAST).await;
+        counts.delivered += numbers.len();
+        counts.missed_frames += missed;
+        let mut seen = HashSet::new();
+        counts.duplicated += numbers.iter().filter(|n| !seen.insert(**n)).count();
+        counts.out_of_order += numbers.windows(2).filter(|w| w[0] >= w[1]).count();
+        let lost = acknowledged.get(id).map_or(0, |acked| {
+            acked.iter().filter(|n| !seen.contains(n)).count()
+        });
+        if missed == 0 {
+            counts.lost += lost;
+        }
+    }
+    eprintln!(
+        "cluster resharding of {} slots {from} -> {to}: {counts:?}",
+        moving.len()
+    );
+    assert_eq!(
+        counts.lost, 0,
+        "acknowledged notifications vanished: {counts:?}"
+    );
+    assert_eq!(counts.duplicated, 0, "{counts:?}");
+    assert_eq!(counts.out_of_order, 0, "{counts:?}");
+    assert_eq!(
+        counts.missed_frames, 0,
+        "nothing was lost, so nothing is reported missed"
+    );
+    // The subscriptions followed the slots: the moved users' channels are subscribed on the
+    // new owner (by the one gateway holding the socket) and no longer on the old one.
+    let node = |port: u16| cluster.nodes.iter().find(|n| n.port == port).unwrap();
+    for (id, _) in &moving {
+        let channel = format!("user_{id}");
+        let count = |port: u16| -> u64 {
+            let reply: (String, u64) =
+                node(port).query(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&channel));
+            reply.1
+        };
+        assert_eq!(count(to), 1, "{channel} on the new owner");
+        assert_eq!(count(from), 0, "{channel} left the old owner");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_started_while_a_shard_is_down_subscribes_there_once_it_is_back() {
+    let mut cluster = Cluster::start(3, 0);
+    let users = users_on_every_shard(&cluster, 4000, 1);
+    let shards = cluster.shards();
+    let down_port = shards[0].port;
+    let owner = |id: u64| {
+        let slot = cluster.keyslot(&format!("user_{id}"));
+        shards.iter().find(|s| s.owns(slot)).unwrap().port
+    };
+    let (down_users, up_users): (Vec<u64>, Vec<u64>) =
+        users.iter().partition(|id| owner(**id) == down_port);
+    cluster.node(down_port).kill();
+
+    let nodes = cluster.seed_addrs().join(",");
+    let gateway = Gateway::spawn(None, &[("GW__REDIS__CLUSTER_NODES", nodes.as_str())]);
+    gateway.wait_log("gateway listening");
+    let mut clients = Vec::new();
+    for id in &users {
+        // The upgrade waits for the subscription at most redis.subscribe_timeout_ms.
+        clients.push((
+            *id,
+            WsClient::connect(&gateway.ws_url(&id.to_string())).await,
+        ));
+    }
+    let options = PublisherOptions {
+        timeout: Duration::from_secs(5),
+        ..PublisherOptions::default()
+    };
+    let publisher =
+        Publisher::with_cluster(ClusterConfig::new(cluster.seed_addrs()), options).unwrap();
+    // The other shards deliver meanwhile.
+    for id in &up_users {
+        publisher.publish(user(*id), note(*id, 1)).await.unwrap();
+    }
+    for (id, client) in clients.iter_mut().filter(|(id, _)| up_users.contains(id)) {
+        let frame = tokio::time::timeout(Duration::from_secs(5), client.next_json()).await;
+        let frame = frame.unwrap_or_else(|_| panic!("user {id}: nothing\n{}", gateway.log()));
+        assert_eq!(frame["data"]["n"], 1, "user {id}");
+    }
+    cluster.node(down_port).restart();
+    cluster.wait_settled(3);
+    // Once the shard is back the gateway subscribes its users there by itself.
+    let back = cluster.nodes.iter().find(|n| n.port == down_port).unwrap();
+    e2e::topology::wait_until(e2e::DEADLINE, "the gateway subscribed on the shard", || {
+        back.subscriber_clients("ssub").len() == 1
+    });
+    for id in &down_users {
+        publisher.publish(user(*id), note(*id, 2)).await.unwrap();
+    }
+    for (id, client) in clients.iter_mut().filter(|(id, _)| down_users.contains(id)) {
+        let frame = client.next_json().await;
+        assert_eq!(frame["data"]["n"], 2, "user {id}: {frame}");
+    }
+    gateway.wait_ready();
+}

@@ -363,14 +363,18 @@ impl ClusterSubscriber {
         }
     }
 
-    /// Readiness and gauges: delivering when every wanted user and the canary are subscribed.
+    /// Readiness and gauges. The node is ready while its canary's shard link is up and
+    /// canaries come back; users of a shard that is down (no replica took over yet) do not
+    /// make it unready: every gateway shares that outage, and taking them all out of the load
+    /// balancer would stop delivery for the other shards too. Those users are re-subscribed
+    /// and caught up as soon as their slots are served again.
     fn publish_state(&self) {
-        let whole = self.lost.is_empty() && self.canary_on.is_some();
-        self.base.shared.connected.store(whole, Relaxed);
+        let linked = self.canary_on.is_some();
+        self.base.shared.connected.store(linked, Relaxed);
         self.base
             .metrics
             .redis_connected
-            .store(u64::from(whole), Relaxed);
+            .store(u64::from(linked), Relaxed);
         self.base
             .metrics
             .subscriptions
@@ -619,6 +623,9 @@ impl ClusterSubscriber {
     /// The one subscribe sequence, per shard: cursors of new users, SSUBSCRIBE per slot,
     /// catch-up from history, as in the single-server subscriber.
     async fn subscribe_on(&mut self, addr: &str, users: &[UserId]) -> Result<(), ShardError> {
+        // The link first: a shard that is down refuses it at once, where its history reads
+        // would wait out their timeout and hold up the other shards.
+        self.link(addr).await?;
         let new: Vec<UserId> = users
             .iter()
             .copied()
