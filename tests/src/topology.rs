@@ -366,7 +366,7 @@ fn data_node(label: &str, replica_of: Option<u16>, password: Option<&str>) -> Re
 // Cluster
 
 /// A Redis Cluster of `masters` masters with `replicas` replicas each, made with
-/// `redis-cli --cluster create`. Nodes run with a 1 s node timeout,
+/// `redis-cli --cluster create` (one master alone: `CLUSTER ADDSLOTSRANGE 0 16383`). Nodes run with a 1 s node timeout,
 /// `cluster-replica-validity-factor 0` (a fresh replica may always take over) and
 /// `cluster-require-full-coverage no` (the other shards keep serving while one is down).
 pub struct Cluster {
@@ -416,6 +416,13 @@ impl Cluster {
                 RedisNode::start("cluster-node", port, args)
             })
             .collect();
+        if masters == 1 && replicas == 0 {
+            // redis-cli --cluster create wants 3 masters: one node takes every slot itself.
+            nodes[0].query::<()>(redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(0).arg(16383));
+            let cluster = Cluster { nodes };
+            cluster.wait_settled(1);
+            return cluster;
+        }
         let output = Command::new(redis_cli)
             .arg("--cluster")
             .arg("create")
