@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 # program -> Debian package that provides it
 needed=(
   redis-server:redis-server
+  redis-cli:redis-tools
   nginx:nginx
   openssl:openssl
   curl:curl

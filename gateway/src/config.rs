@@ -538,11 +538,16 @@ impl Settings {
                 ("redis.password", &redis.password),
             ] {
                 if !value.is_empty() {
+                    let used_with = match key {
+                        "redis.password" => "redis.sentinels or redis.cluster_nodes",
+                        _ => "redis.sentinels",
+                    };
                     return Err((
                         key,
-                        "is only used with redis.sentinels; with redis.url, put the \
-                         password in the URL (redis://:password@host:6379)"
-                            .into(),
+                        format!(
+                            "is only used with {used_with}; with redis.url, put the password \
+                             in the URL (redis://:password@host:6379)"
+                        ),
                     ));
                 }
             }

@@ -74,11 +74,13 @@ impl Resp {
     }
 }
 
-/// Reads one RESP2 value; an error reply is `Ok(Err(text))`.
+/// Reads one RESP2 value; an error reply is `Ok(Err(text))`. `line` is a scratch buffer
+/// kept across calls (no allocation per line on the message path).
 async fn read_value(
     reader: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
 ) -> std::io::Result<Result<Resp, String>> {
-    let len = match read_scalar_or_header(reader).await? {
+    let len = match read_scalar_or_header(reader, line).await? {
         Ok(Resp::Array(header)) => match header[..] {
             [Resp::Int(n)] => n.max(0),
             _ => 0,
@@ -87,7 +89,7 @@ async fn read_value(
     };
     let mut items = Vec::with_capacity(len as usize);
     for _ in 0..len {
-        match read_scalar_or_header(reader).await? {
+        match read_scalar_or_header(reader, line).await? {
             Ok(Resp::Array(_)) => return Err(protocol("nested array on a pub/sub link")),
             Ok(item) => items.push(item),
             Err(e) => return Ok(Err(e)),
@@ -103,19 +105,26 @@ fn protocol(what: &str) -> std::io::Error {
 /// A scalar, or for `*n` an `Array` holding only `Int(n)` (the caller reads the items).
 async fn read_scalar_or_header(
     reader: &mut BufReader<OwnedReadHalf>,
+    line: &mut Vec<u8>,
 ) -> std::io::Result<Result<Resp, String>> {
-    let mut line = Vec::with_capacity(64);
-    if reader.read_until(b'\n', &mut line).await? == 0 {
+    line.clear();
+    if reader.read_until(b'\n', line).await? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     if !line.ends_with(b"\r\n") || line.len() < 3 {
         return Err(protocol("truncated RESP line"));
     }
-    let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-    let number = || text.parse::<i64>().map_err(|_| protocol("bad RESP number"));
+    let body = &line[1..line.len() - 2];
+    let text = || String::from_utf8_lossy(body).into_owned();
+    let number = || {
+        std::str::from_utf8(body)
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok())
+            .ok_or_else(|| protocol("bad RESP number"))
+    };
     Ok(Ok(match line[0] {
-        b'+' => Resp::Simple(text),
-        b'-' => return Ok(Err(text)),
+        b'+' => Resp::Simple(text()),
+        b'-' => return Ok(Err(text())),
         b':' => Resp::Int(number()?),
         b'$' => {
             let len = number()?;
@@ -864,8 +873,9 @@ async fn read_link(
     hub: Arc<crate::hub::Hub>,
     shared: Arc<super::Shared>,
 ) {
+    let mut line = Vec::with_capacity(128);
     loop {
-        let event = match read_value(&mut reader).await {
+        let event = match read_value(&mut reader, &mut line).await {
             Err(e) => Event::Closed(e.to_string()),
             Ok(Err(error)) => Event::Error(error),
             Ok(Ok(value)) => {
@@ -927,6 +937,60 @@ mod tests {
             slot_of("{}foo"),
             slot_of("foo"),
             "an empty tag hashes the whole name"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reader_parses_what_a_subscribed_connection_sends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        server
+            .write_all(
+                b"*3\r\n$10\r\nssubscribe\r\n$6\r\nuser_1\r\n:1\r\n\
+                  *3\r\n$8\r\nsmessage\r\n$6\r\nuser_1\r\n$0\r\n\r\n\
+                  -MOVED 3999 127.0.0.1:7001\r\n\
+                  *2\r\n$4\r\npong\r\n$0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        drop(server);
+        let (read, _write) = client.into_split();
+        let mut reader = BufReader::new(read);
+        let mut line = Vec::new();
+        let bulk = |b: &[u8]| Resp::Bulk(Some(b.to_vec()));
+        assert_eq!(
+            read_value(&mut reader, &mut line).await.unwrap(),
+            Ok(Resp::Array(vec![
+                bulk(b"ssubscribe"),
+                bulk(b"user_1"),
+                Resp::Int(1)
+            ]))
+        );
+        assert_eq!(
+            read_value(&mut reader, &mut line).await.unwrap(),
+            Ok(Resp::Array(vec![
+                bulk(b"smessage"),
+                bulk(b"user_1"),
+                bulk(b"")
+            ]))
+        );
+        assert_eq!(
+            read_value(&mut reader, &mut line).await.unwrap(),
+            Err("MOVED 3999 127.0.0.1:7001".to_owned())
+        );
+        assert_eq!(
+            read_value(&mut reader, &mut line)
+                .await
+                .unwrap()
+                .unwrap()
+                .push(),
+            Some((&b"pong"[..], &b""[..]))
+        );
+        assert!(
+            read_value(&mut reader, &mut line).await.is_err(),
+            "end of stream"
         );
     }
 

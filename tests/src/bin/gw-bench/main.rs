@@ -714,10 +714,9 @@ async fn conduct(o: Options) -> Result<Value, String> {
         ..PublisherOptions::default()
     };
     let publisher = match &own_cluster {
-        Some(cluster) => Publisher::with_cluster(
-            publisher::ClusterConfig::new(cluster.seed_addrs()),
-            options,
-        ),
+        Some(cluster) => {
+            Publisher::with_cluster(publisher::ClusterConfig::new(cluster.seed_addrs()), options)
+        }
         None => Publisher::with_options(&redis_url, options),
     }
     .map_err(|e| e.to_string())?;
