@@ -390,6 +390,15 @@ impl Shard {
 
 impl Cluster {
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, None)
+    }
+
+    /// Every node with `requirepass` (and `masterauth`) `password`.
+    pub fn start_secured(masters: usize, replicas: usize, password: &str) -> Self {
+        Self::start_with(masters, replicas, Some(password))
+    }
+
+    fn start_with(masters: usize, replicas: usize, password: Option<&str>) -> Self {
         let redis_cli = require_program("redis-cli", "redis-tools");
         let nodes: Vec<RedisNode> = (0..masters * (1 + replicas))
             .map(|_| {
@@ -413,7 +422,17 @@ impl Cluster {
                     ]
                     .map(str::to_owned),
                 );
-                RedisNode::start("cluster-node", port, args)
+                if let Some(password) = password {
+                    args.extend(
+                        ["--requirepass", password, "--masterauth", password].map(str::to_owned),
+                    );
+                }
+                RedisNode::start_with_password(
+                    "cluster-node",
+                    port,
+                    args,
+                    password.map(str::to_owned),
+                )
             })
             .collect();
         if masters == 1 && replicas == 0 {
@@ -423,7 +442,11 @@ impl Cluster {
             cluster.wait_settled(1);
             return cluster;
         }
-        let output = Command::new(redis_cli)
+        let mut command = Command::new(redis_cli);
+        if let Some(password) = password {
+            command.env("REDISCLI_AUTH", password);
+        }
+        let output = command
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(RedisNode::addr))

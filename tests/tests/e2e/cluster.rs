@@ -554,3 +554,43 @@ async fn a_gateway_started_while_a_shard_is_down_subscribes_there_once_it_is_bac
     }
     gateway.wait_ready();
 }
+
+#[tokio::test]
+async fn a_password_protected_cluster_is_reached_with_redis_password() {
+    let password = "c7f3a91e5b2d4086af1e9c3b7d5a2f60";
+    let cluster = Cluster::start_secured(3, 0, password);
+    let gateway = start_gateway(&cluster, &[("GW__REDIS__PASSWORD", password)]);
+    let users = users_on_every_shard(&cluster, 5000, 1);
+    let mut clients = Vec::new();
+    for id in &users {
+        clients.push(WsClient::connect(&gateway.ws_url(&id.to_string())).await);
+    }
+    let options = PublisherOptions {
+        timeout: Duration::from_secs(2),
+        ..PublisherOptions::default()
+    };
+    let mut config = ClusterConfig::new(cluster.seed_addrs());
+    let err = Publisher::with_cluster(config.clone(), options)
+        .unwrap()
+        .publish(user(users[0]), numbered(0))
+        .await
+        .expect_err("no password: refused");
+    assert_ne!(err.kind(), publisher::ErrorKind::InvalidInput, "{err}");
+    config.password = Some(password.to_owned());
+    let publisher = Publisher::with_cluster(config, options).unwrap();
+    for id in &users {
+        publisher.publish(user(*id), note(*id, 1)).await.unwrap();
+    }
+    // Every shard link authenticated: each user, on each master, got theirs.
+    for (client, id) in clients.iter_mut().zip(&users) {
+        let frame = client.next_json().await;
+        assert_eq!(
+            (frame["data"]["user"].as_u64(), frame["data"]["n"].as_u64()),
+            (Some(*id), Some(1))
+        );
+    }
+    assert!(
+        !gateway.log().contains(password),
+        "the password reached the log"
+    );
+}
