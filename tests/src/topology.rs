@@ -28,10 +28,6 @@ pub struct RedisNode {
 }
 
 impl RedisNode {
-    fn start(label: &str, port: u16, args: Vec<String>) -> Self {
-        Self::start_with_password(label, port, args, None)
-    }
-
     fn start_with_password(
         label: &str,
         port: u16,
