@@ -594,3 +594,100 @@ async fn a_password_protected_cluster_is_reached_with_redis_password() {
         "the password reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_manual_failover_that_keeps_the_old_master_alive_is_followed_too() {
+    // CLUSTER FAILOVER on a replica demotes a live master: its connections stay open and it
+    // answers PING, but no longer serves the slots. Gateways must move their subscriptions.
+    const ROUNDS: u64 = 30;
+    let cluster = Cluster::start(3, 1);
+    let gateways = [start_gateway(&cluster, &[]), start_gateway(&cluster, &[])];
+    let users = users_on_every_shard(&cluster, 6000, 3);
+    let slot = cluster.keyslot(&format!("user_{}", users[0]));
+    let old = cluster.owner(slot).port;
+    let mut clients = Vec::new();
+    for (i, id) in users.iter().enumerate() {
+        clients.push(WsClient::connect(&gateways[i % 2].ws_url(&id.to_string())).await);
+    }
+    let publisher = cluster_publisher(&cluster, Duration::from_secs(5));
+    let published = Arc::new(AtomicUsize::new(0));
+    let publishing = {
+        let (publisher, published, users) = (publisher.clone(), published.clone(), users.clone());
+        tokio::spawn(async move {
+            let mut acknowledged: HashMap<u64, Vec<u64>> = HashMap::new();
+            for n in 1..=ROUNDS {
+                for id in &users {
+                    published.fetch_add(1, SeqCst);
+                    if publisher.publish(user(*id), note(*id, n)).await.is_ok() {
+                        acknowledged.entry(*id).or_default().push(n);
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            acknowledged
+        })
+    };
+    let switching = {
+        let published = published.clone();
+        let total = users.len() * ROUNDS as usize;
+        tokio::task::spawn_blocking(move || {
+            e2e::topology::wait_until(e2e::DEADLINE, "a third was published", || {
+                published.load(SeqCst) >= total / 3
+            });
+            let replica = cluster
+                .nodes
+                .iter()
+                .find(|n| {
+                    n.role().as_deref() == Some("slave")
+                        && n.query::<String>(redis::cmd("INFO").arg("replication"))
+                            .contains(&format!("master_port:{old}"))
+                })
+                .expect("the replica of the victim's master");
+            replica.query::<()>(redis::cmd("CLUSTER").arg("FAILOVER"));
+            let new = replica.port;
+            e2e::topology::wait_until(e2e::DEADLINE, "the replica took over", || {
+                cluster.owner(slot).port == new
+            });
+            (cluster, new)
+        })
+    };
+    let acknowledged = publishing.await.expect("publishing task");
+    let (cluster, new) = switching.await.expect("switchover");
+    for id in &users {
+        client_publish_last(&publisher, *id).await;
+    }
+    let mut counts = Counts {
+        published: published.load(SeqCst),
+        acknowledged: acknowledged.values().map(Vec::len).sum(),
+        ..Counts::default()
+    };
+    for (client, id) in clients.iter_mut().zip(&users) {
+        let (numbers, missed) = receive_until(client, *id, LAST).await;
+        counts.delivered += numbers.len();
+        counts.missed_frames += missed;
+        let mut seen = HashSet::new();
+        counts.duplicated += numbers.iter().filter(|n| !seen.insert(**n)).count();
+        counts.out_of_order += numbers.windows(2).filter(|w| w[0] >= w[1]).count();
+        let lost = acknowledged.get(id).map_or(0, |acked| {
+            acked.iter().filter(|n| !seen.contains(n)).count()
+        });
+        if missed == 0 {
+            counts.lost += lost;
+        }
+    }
+    eprintln!("cluster switchover {old} -> {new}: {counts:?}");
+    assert_eq!(
+        counts.lost, 0,
+        "acknowledged notifications vanished: {counts:?}"
+    );
+    assert_eq!(counts.duplicated, 0, "{counts:?}");
+    assert_eq!(counts.out_of_order, 0, "{counts:?}");
+    // The subscriptions moved to the new master and left the demoted one.
+    let node = |port: u16| cluster.nodes.iter().find(|n| n.port == port).unwrap();
+    e2e::topology::wait_until(
+        e2e::DEADLINE,
+        "the demoted master lost its subscribers",
+        || node(old).subscriber_clients("ssub").is_empty(),
+    );
+    assert_eq!(node(new).subscriber_clients("ssub").len(), 2);
+}
