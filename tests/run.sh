@@ -41,6 +41,7 @@ report_skipped
 # program -> Debian package that provides it
 needed=(
   redis-server:redis-server
+  redis-cli:redis-tools
   nginx:nginx
   openssl:openssl
   curl:curl

@@ -68,6 +68,7 @@ pub struct RedisSettings {
     pub sentinel_password: String,
     pub password: String,
     pub min_replica_acks: u32,
+    pub cluster_nodes: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,7 +291,8 @@ impl Settings {
                 "must start with redis:// or rediss://, or be empty for single-node mode",
             ));
         }
-        self.validate_sentinel()
+        self.validate_cluster()
+            .and_then(|()| self.validate_sentinel())
             .map_err(|(key, problem)| invalid(key, problem))?;
         if self.ws.ping_interval_ms == 0 {
             return Err(invalid("ws.ping_interval_ms", "must be greater than 0"));
@@ -486,7 +488,7 @@ impl Settings {
             AuthMode::Unset if self.redis_topology().is_some() => {
                 return Err(invalid(
                     "auth.mode",
-                    "must be set when redis.url or redis.sentinels is set (scaled-out mode): \"jwt\" to verify \
+                    "must be set when redis.url, redis.sentinels or redis.cluster_nodes is set (scaled-out mode): \"jwt\" to verify \
                      tokens, or \"none\" to let anyone open any user's socket",
                 ))
             }
@@ -593,11 +595,18 @@ impl Settings {
         if let Some(url) = self.redis_url() {
             return Some(RedisTopology::Single(url.to_owned()));
         }
+        let optional = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
+        let nodes = sentinel_addresses(&self.redis.cluster_nodes);
+        if !nodes.is_empty() {
+            return Some(RedisTopology::Cluster(publisher::ClusterConfig {
+                nodes,
+                password: optional(&self.redis.password),
+            }));
+        }
         let sentinels = sentinel_addresses(&self.redis.sentinels);
         if sentinels.is_empty() {
             return None;
         }
-        let optional = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
         Some(RedisTopology::Sentinel(publisher::SentinelConfig {
             sentinels,
             master_name: self.redis.sentinel_master.trim().to_owned(),
@@ -606,11 +615,61 @@ impl Settings {
         }))
     }
 
+    /// `redis.cluster_nodes`: a Redis Cluster, alone (no url, no sentinels), over plain TCP.
+    fn validate_cluster(&self) -> Result<(), (&'static str, String)> {
+        let redis = &self.redis;
+        let nodes = sentinel_addresses(&redis.cluster_nodes);
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        if self.redis_url().is_some() || !sentinel_addresses(&redis.sentinels).is_empty() {
+            return Err((
+                "redis.cluster_nodes",
+                "cannot be combined with redis.url or redis.sentinels: set exactly one of \
+                 redis.url (one server), redis.sentinels (a Sentinel-watched master) or \
+                 redis.cluster_nodes (a Redis Cluster)"
+                    .into(),
+            ));
+        }
+        for (key, value) in [
+            ("redis.sentinel_master", &redis.sentinel_master),
+            ("redis.sentinel_password", &redis.sentinel_password),
+        ] {
+            if !value.trim().is_empty() {
+                return Err((
+                    key,
+                    "is only used with redis.sentinels, not with redis.cluster_nodes".into(),
+                ));
+            }
+        }
+        for address in &nodes {
+            let valid = address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err((
+                    "redis.cluster_nodes",
+                    format!("{address:?} is not host:port (e.g. 10.0.0.5:6379)"),
+                ));
+            }
+        }
+        if !redis.ca_file.trim().is_empty() {
+            return Err((
+                "redis.ca_file",
+                "TLS to a Redis Cluster is not supported yet: leave it empty".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// `redis.sentinels` and its companions: Sentinel, or a single `redis.url`, never both.
     fn validate_sentinel(&self) -> Result<(), (&'static str, String)> {
         let redis = &self.redis;
         let sentinels = sentinel_addresses(&redis.sentinels);
         let master = redis.sentinel_master.trim();
+        if !sentinel_addresses(&redis.cluster_nodes).is_empty() {
+            return Ok(());
+        }
         if sentinels.is_empty() {
             if !master.is_empty() {
                 return Err((
@@ -625,11 +684,16 @@ impl Settings {
                 ("redis.password", &redis.password),
             ] {
                 if !value.is_empty() {
+                    let used_with = match key {
+                        "redis.password" => "redis.sentinels or redis.cluster_nodes",
+                        _ => "redis.sentinels",
+                    };
                     return Err((
                         key,
-                        "is only used with redis.sentinels; with redis.url, put the \
-                         password in the URL (redis://:password@host:6379)"
-                            .into(),
+                        format!(
+                            "is only used with {used_with}; with redis.url, put the password \
+                             in the URL (redis://:password@host:6379)"
+                        ),
                     ));
                 }
             }
@@ -679,6 +743,8 @@ pub enum RedisTopology {
     Single(String),
     /// `redis.sentinels` + `redis.sentinel_master`: the master of a Sentinel-watched set.
     Sentinel(publisher::SentinelConfig),
+    /// `redis.cluster_nodes`: a Redis Cluster, sharded pub/sub.
+    Cluster(publisher::ClusterConfig),
 }
 
 /// `redis.sentinels` split on commas, blanks dropped.
@@ -955,6 +1021,23 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_pick_the_cluster_topology() {
+        let s = with_env(&[
+            ("GW__REDIS__CLUSTER_NODES", "10.0.0.1:7000, 10.0.0.2:7000"),
+            ("GW__REDIS__PASSWORD", "pw"),
+            ("GW__AUTH__MODE", "none"),
+        ])
+        .unwrap();
+        match s.redis_topology() {
+            Some(RedisTopology::Cluster(cluster)) => {
+                assert_eq!(cluster.nodes, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+                assert_eq!(cluster.password.as_deref(), Some("pw"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn invalid_topology_combinations_name_the_key() {
         let sentinels = ("GW__REDIS__SENTINELS", "127.0.0.1:26379");
         let master = ("GW__REDIS__SENTINEL_MASTER", "m");
@@ -988,6 +1071,35 @@ mod tests {
                 "redis.sentinel_password",
             ),
             (vec![sentinels, master], "auth.mode"),
+            (
+                vec![
+                    ("GW__REDIS__URL", "redis://127.0.0.1:7000"),
+                    ("GW__REDIS__CLUSTER_NODES", "127.0.0.1:7001"),
+                    auth,
+                ],
+                "redis.cluster_nodes",
+            ),
+            (
+                vec![
+                    ("GW__REDIS__CLUSTER_NODES", "127.0.0.1:7001"),
+                    sentinels,
+                    master,
+                    auth,
+                ],
+                "redis.cluster_nodes",
+            ),
+            (
+                vec![("GW__REDIS__CLUSTER_NODES", "127.0.0.1:7001"), master, auth],
+                "redis.sentinel_master",
+            ),
+            (
+                vec![("GW__REDIS__CLUSTER_NODES", "127.0.0.1"), auth],
+                "redis.cluster_nodes",
+            ),
+            (
+                vec![("GW__REDIS__CLUSTER_NODES", "127.0.0.1:7001")],
+                "auth.mode",
+            ),
         ] {
             let err = with_env(&env).unwrap_err().to_string();
             assert!(err.contains(key), "{env:?}: {err}");

@@ -150,23 +150,35 @@ pub async fn run(
                     master = %sentinel.master_name,
                     "scaled-out mode: subscribing through the Redis master the sentinels name"
                 ),
+                RedisTopology::Cluster(cluster) => tracing::info!(
+                    seeds = ?cluster.nodes,
+                    "scaled-out mode: sharded pub/sub on a Redis Cluster, one link per master"
+                ),
             }
-            let background = bus.background_publisher();
-            tokio::spawn(schedule::fire_loop(
-                background.clone(),
-                settings.schedule.clone(),
-                metrics.clone(),
-                stop_rx.clone(),
-            ));
-            tokio::spawn(presence.clone().run(
-                background,
-                ms(settings.presence.heartbeat_ms),
-                ms(settings.presence.ttl_ms),
-                metrics.clone(),
-                stop_rx.clone(),
-            ));
-            let requests = bus.publisher();
-            (Arc::new(bus), schedule::Scheduler::Redis(requests))
+            let scheduler = if matches!(topology, RedisTopology::Cluster(_)) {
+                tracing::warn!(
+                    "scheduled notifications and presence are not supported on a Redis Cluster \
+                     yet: /api/schedule and /api/presence answer 400 (docs/SCHEDULING.md)"
+                );
+                schedule::Scheduler::Unsupported
+            } else {
+                let background = bus.background_publisher();
+                tokio::spawn(schedule::fire_loop(
+                    background.clone(),
+                    settings.schedule.clone(),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                ));
+                tokio::spawn(presence.clone().run(
+                    background,
+                    ms(settings.presence.heartbeat_ms),
+                    ms(settings.presence.ttl_ms),
+                    metrics.clone(),
+                    stop_rx.clone(),
+                ));
+                schedule::Scheduler::Redis(bus.publisher())
+            };
+            (Arc::new(bus), scheduler)
         }
         None => {
             tracing::warn!(

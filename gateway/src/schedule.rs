@@ -27,7 +27,13 @@ use crate::presence::Presence;
 pub enum Scheduler {
     Redis(Publisher),
     Memory(Arc<MemorySchedule>),
+    /// On a Redis Cluster: not supported yet (the firing script writes history streams in
+    /// other slots than the schedule's); every call says so.
+    Unsupported,
 }
+
+const UNSUPPORTED: &str = "scheduled notifications and presence are not supported on a Redis \
+                           Cluster yet (redis.cluster_nodes); see docs/SCHEDULING.md";
 
 /// Why a scheduling call failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +66,7 @@ impl Scheduler {
         max_payload_bytes: usize,
     ) -> Result<(), ScheduleError> {
         match self {
+            Scheduler::Unsupported => Err(ScheduleError::Invalid(UNSUPPORTED.into())),
             Scheduler::Redis(publisher) => {
                 let at = std::time::UNIX_EPOCH + Duration::from_millis(at_ms);
                 Ok(publisher.schedule(user, notification, at, key).await?)
@@ -81,6 +88,7 @@ impl Scheduler {
     pub async fn cancel(&self, key: &str) -> Result<bool, ScheduleError> {
         match self {
             Scheduler::Redis(publisher) => Ok(publisher.cancel(key).await?),
+            Scheduler::Unsupported => Err(ScheduleError::Invalid(UNSUPPORTED.into())),
             Scheduler::Memory(schedule) => {
                 let key: ScheduleKey = key.parse().map_err(PublishError::from)?;
                 Ok(schedule.remove(key.as_str()))
@@ -97,6 +105,7 @@ impl Scheduler {
     ) -> Result<Vec<FleetPresence>, ScheduleError> {
         match self {
             Scheduler::Redis(publisher) => Ok(publisher.presence(users, with_nodes).await?),
+            Scheduler::Unsupported => Err(ScheduleError::Invalid(UNSUPPORTED.into())),
             Scheduler::Memory(_) => Ok(local
                 .local(users)
                 .into_iter()

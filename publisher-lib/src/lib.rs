@@ -55,5 +55,5 @@ pub use events::{Event, EventError};
 pub use notification::Notification;
 pub use publisher::{Publisher, PublisherOptions, Receipt};
 pub use schedule::{FireReport, Presence, ScheduleKey};
-pub use topology::{PooledConnection, SentinelConfig};
+pub use topology::{ClusterConfig, PooledConnection, SentinelConfig};
 pub use wire::{Level, StreamId, UserId};

@@ -16,7 +16,9 @@ use crate::error::PublishError;
 use crate::notification::{now_millis, Notification};
 use crate::schedule::{self, FireReport, Presence, ScheduleKey};
 use crate::script;
-use crate::topology::{PooledConnection, SentinelConfig, SentinelManager, SentinelPool};
+use crate::topology::{
+    ClusterConfig, PooledConnection, SentinelConfig, SentinelManager, SentinelPool,
+};
 use crate::wire::{self, StreamId, UserId};
 
 /// The history-and-publish script, hashed once (EVALSHA after the first load).
@@ -178,6 +180,12 @@ enum Connections {
     },
     /// Whichever node the sentinels name master.
     Sentinel(SentinelPool),
+    /// A Redis Cluster: one multiplexed connection (to every master), opened on first use.
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        /// Dropped when a call stalls or fails on it (see `attempt`), and opened again.
+        conn: std::sync::Arc<std::sync::Mutex<Option<redis::cluster_async::ClusterConnection>>>,
+    },
 }
 
 impl fmt::Debug for Publisher {
@@ -188,8 +196,9 @@ impl fmt::Debug for Publisher {
             .field(
                 "pool",
                 &match &self.connections {
-                    Connections::Single { pool, .. } => pool.status(),
-                    Connections::Sentinel(pool) => pool.status(),
+                    Connections::Single { pool, .. } => format!("{:?}", pool.status()),
+                    Connections::Sentinel(pool) => format!("{:?}", pool.status()),
+                    Connections::Cluster { .. } => "one cluster connection".to_owned(),
                 },
             )
             .finish()
@@ -305,6 +314,35 @@ impl Publisher {
         })
     }
 
+    /// A publisher for a Redis Cluster (Redis 7+): each notification is stored in
+    /// `history:{user_<id>}` and published with `SPUBLISH` (sharded pub/sub) on the master of
+    /// the user's slot, so publishing and delivery scale with the shards. Commands follow
+    /// MOVED/ASK redirections and failovers by themselves; connection errors are retried until
+    /// `options.timeout` with the notification's one-time token. One multiplexed connection
+    /// per master, opened on first use (so `options.pool_size` is ignored); does not touch the
+    /// network here. `options.min_replica_acks` sends WAIT to each master that ran a script of
+    /// the call (on the same connection), so an acknowledged notification survives a failover.
+    pub fn with_cluster(
+        cluster: ClusterConfig,
+        options: PublisherOptions,
+    ) -> Result<Self, PublishError> {
+        options.validate()?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(cluster.urls()?)
+            .connection_timeout(options.timeout)
+            .response_timeout(options.timeout);
+        if let Some(password) = &cluster.password {
+            builder = builder.password(password);
+        }
+        let client = builder.build().map_err(PublishError::InvalidConfig)?;
+        Ok(Publisher {
+            connections: Connections::Cluster {
+                client: Box::new(client),
+                conn: Default::default(),
+            },
+            options,
+        })
+    }
+
     /// A publisher over a pool you built yourself (to share it, or for settings this crate
     /// does not expose). `options.pool_size` is ignored; `options.timeout` still bounds every
     /// call, whatever timeouts the pool has.
@@ -336,6 +374,35 @@ impl Publisher {
                 .await
                 .map(PooledConnection::Sentinel)
                 .map_err(|e| PublishError::from_sentinel_pool(e, timeout)),
+            Connections::Cluster { client, conn } => {
+                if let Some(open) = lock(conn).clone() {
+                    return Ok(PooledConnection::Cluster(open));
+                }
+                // Reads the slot map from the first seed that answers.
+                match tokio::time::timeout(timeout, client.get_async_connection()).await {
+                    Ok(Ok(open)) => {
+                        *lock(conn) = Some(open.clone());
+                        Ok(PooledConnection::Cluster(open))
+                    }
+                    Ok(Err(e)) => Err(PublishError::from_redis(e, timeout)),
+                    Err(_) => Err(PublishError::Timeout(timeout)),
+                }
+            }
+        }
+    }
+
+    /// Whether this publisher leads to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connections, Connections::Cluster { .. })
+    }
+
+    /// The key of `user`'s history stream for this publisher's topology:
+    /// `history:user_<id>`, or `history:{user_<id>}` on a Redis Cluster.
+    pub fn history_key(&self, user: UserId) -> String {
+        if self.is_cluster() {
+            user.cluster_history_key()
+        } else {
+            user.history_key()
         }
     }
 
@@ -351,22 +418,38 @@ impl Publisher {
                 .await
                 .map(Some)
                 .map_err(|e| PublishError::from_redis(e, self.options.timeout)),
+            Connections::Cluster { .. } => Ok(None),
         }
     }
 
     /// Drops `conn` and every idle pooled connection: after a READONLY reply (or replicas
     /// that no longer follow), those may all lead to a demoted master.
     fn forget(&self, conn: PooledConnection) {
-        if let Connections::Sentinel(pool) = &self.connections {
-            pool.retain(|_, _| false);
-        }
+        self.forget_connections();
         if let PooledConnection::Sentinel(conn) = conn {
             let _ = deadpool::managed::Object::take(conn);
         }
     }
 
+    /// Drops the idle connections that may lead to a node that is no longer a master (with
+    /// Sentinel), or the cluster connection (with a Cluster: the next call opens a new one,
+    /// which reads the slot map again). Nothing for a single server. Calls in progress finish
+    /// on what they hold.
+    pub fn forget_connections(&self) {
+        match &self.connections {
+            Connections::Sentinel(pool) => {
+                pool.retain(|_, _| false);
+            }
+            Connections::Cluster { conn, .. } => *lock(conn) = None,
+            Connections::Single { .. } => {}
+        }
+    }
+
     fn follows_failover(&self) -> bool {
-        matches!(self.connections, Connections::Sentinel(_))
+        matches!(
+            self.connections,
+            Connections::Sentinel(_) | Connections::Cluster { .. }
+        )
     }
 
     /// Checks that Redis answers (for startup and health checks).
@@ -455,7 +538,7 @@ impl Publisher {
         let tokens: Vec<String> = users.iter().map(|_| once_token()).collect();
         let replies: Vec<(String, usize)> = self
             .execute(|retry| {
-                let mut pipe = script_pipeline(users.len());
+                let mut pipe = self.script_pipeline(users.len());
                 for (user, token) in users.iter().zip(&tokens) {
                     pipe.invoke_script(&self.invocation(*user, payload, token, retry));
                 }
@@ -487,7 +570,7 @@ impl Publisher {
         let tokens: Vec<String> = batch.iter().map(|_| once_token()).collect();
         let replies: Vec<(String, usize)> = self
             .execute(|retry| {
-                let mut pipe = script_pipeline(batch.len());
+                let mut pipe = self.script_pipeline(batch.len());
                 for ((user, payload), token) in batch.iter().zip(&tokens) {
                     pipe.invoke_script(&self.invocation(*user, payload, token, retry));
                 }
@@ -737,13 +820,16 @@ impl Publisher {
     ) -> redis::ScriptInvocation<'a> {
         let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
         invocation
-            .key(user.history_key())
+            .key(self.history_key(user))
             .arg(user.channel())
             .arg(payload)
             .arg(self.options.history_max_len)
             .arg(self.options.history_max_age.as_millis() as u64)
             .arg(token)
             .arg(if retry { "1" } else { "0" });
+        if self.is_cluster() {
+            invocation.arg("sharded");
+        }
         invocation
     }
 
@@ -801,7 +887,28 @@ impl Publisher {
         let mut conn = self.connection().await?;
         // Safe to send again after NOSCRIPT: the pipeline is one invocation, or several
         // behind a SCRIPT LOAD (see script_pipeline), so none of them ran.
-        let result = script::query_loading(&mut conn, pipe, script).await;
+        let result = match &conn {
+            PooledConnection::Cluster(cluster) => {
+                // redis-rs 1.8's cluster connection was seen waiting out the whole timeout on
+                // the slots of a SIGKILLed master even after its replica took over: bound one
+                // attempt, then open a new connection (it reads the slot map again) and retry
+                // with the one-time token.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let cap = (timeout / 4).max(CLUSTER_ATTEMPT).min(left);
+                match tokio::time::timeout(cap, script::query_each(cluster, pipe, script)).await {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(e)) => {
+                        self.forget_connections();
+                        Err(e)
+                    }
+                    Err(_) => {
+                        self.forget_connections();
+                        return Err(PublishError::unavailable(ClusterStalled(cap)));
+                    }
+                }
+            }
+            _ => script::query_loading(&mut conn, pipe, script).await,
+        };
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
         {
             // Nothing ran: a replica refuses the whole script. The master moved; find it.
@@ -815,12 +922,13 @@ impl Publisher {
         if wanted > 0 {
             // WAIT counts the replicas that hold everything this connection wrote so far.
             let left = deadline.saturating_duration_since(Instant::now());
-            let acked: u32 = redis::cmd("WAIT")
-                .arg(wanted)
-                .arg(left.as_millis().max(1) as u64)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| PublishError::from_redis(e, timeout))?;
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(wanted).arg(left.as_millis().max(1) as u64);
+            let acked: u32 = match &conn {
+                PooledConnection::Cluster(cluster) => wait_on_shards(cluster, pipe, &wait).await,
+                _ => wait.query_async(&mut conn).await,
+            }
+            .map_err(|e| PublishError::from_redis(e, timeout))?;
             if acked < wanted {
                 // Perhaps a master whose replicas follow another one now: ask again.
                 self.forget(conn);
@@ -829,6 +937,47 @@ impl Publisher {
         }
         Ok(value)
     }
+}
+
+/// WAIT on the connection to each master that ran a command of `pipe` (each is a script
+/// invocation whose first key gives the slot); the fewest replicas any of them reports.
+async fn wait_on_shards(
+    cluster: &redis::cluster_async::ClusterConnection,
+    pipe: &Pipeline,
+    wait: &redis::Cmd,
+) -> redis::RedisResult<u32> {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+    let routes: std::collections::HashSet<Route> = pipe
+        .cmd_iter()
+        .filter_map(|cmd| match cmd.args_iter().nth(3)? {
+            // EVALSHA sha numkeys key ...
+            redis::Arg::Simple(key) => Some(Route::with_key(key, SlotAddr::Master)),
+            _ => None,
+        })
+        .collect();
+    let acked = futures_util::future::try_join_all(routes.into_iter().map(|route| {
+        let mut cluster = cluster.clone();
+        let wait = wait.clone();
+        async move {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            let value = cluster.route_command(wait, routing).await?;
+            Ok::<u32, redis::RedisError>(redis::FromRedisValue::from_redis_value(value)?)
+        }
+    }))
+    .await?;
+    Ok(acked.into_iter().min().unwrap_or(0))
+}
+
+/// Shortest bound of one attempt on a Redis Cluster (a quarter of the timeout when longer).
+const CLUSTER_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// An attempt on a Redis Cluster got no answer in time; it is retried on a new connection.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from the cluster within {0:?}")]
+struct ClusterStalled(Duration);
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Fewer replicas than [`PublisherOptions::min_replica_acks`] confirmed a write in time.
@@ -850,9 +999,17 @@ fn connection_config(options: &PublisherOptions) -> AsyncConnectionConfig {
 /// LOAD on the same connection: otherwise, after a Redis restart, the head of a batch can meet
 /// NOSCRIPT while another connection loads the script and its tail then runs, and sending the
 /// batch again would store and deliver that tail twice (gw-bench saw it on a fresh Redis).
-fn script_pipeline(invocations: usize) -> Pipeline {
+/// On a Redis Cluster the commands go one by one (see `script::query_each`), each reloading
+/// the script after its own NOSCRIPT: no SCRIPT LOAD in front.
+impl Publisher {
+    fn script_pipeline(&self, invocations: usize) -> Pipeline {
+        script_pipeline(invocations, self.is_cluster())
+    }
+}
+
+fn script_pipeline(invocations: usize, cluster: bool) -> Pipeline {
     let mut pipe = redis::pipe();
-    if invocations > 1 {
+    if invocations > 1 && !cluster {
         pipe.cmd("SCRIPT")
             .arg("LOAD")
             .arg(wire::PUBLISH_SCRIPT)

@@ -25,3 +25,28 @@ where
 fn is_noscript(error: &redis::RedisError) -> bool {
     error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
+
+/// Like [`query_loading`] on a Redis Cluster, where one pipeline may not span slots: each
+/// command of `pipe` is sent on its own, all at once on the multiplexed cluster connection
+/// (each routed to the master of its key's slot), and the replies are gathered in order as if
+/// they were one pipeline's. `pipe` must not hold ignored commands. A command answered
+/// NOSCRIPT did not run: the script is loaded (on every master) and that command sent again.
+pub async fn query_each<T: FromRedisValue>(
+    conn: &redis::cluster_async::ClusterConnection,
+    pipe: &Pipeline,
+    script: &Script,
+) -> RedisResult<T> {
+    let replies = futures_util::future::try_join_all(pipe.cmd_iter().map(|cmd| {
+        let mut conn = conn.clone();
+        async move {
+            let result = cmd.query_async::<redis::Value>(&mut conn).await;
+            if matches!(&result, Err(e) if is_noscript(e)) {
+                script.prepare_invoke().load_async(&mut conn).await?;
+                return cmd.query_async::<redis::Value>(&mut conn).await;
+            }
+            result
+        }
+    }))
+    .await?;
+    Ok(T::from_redis_value(redis::Value::Array(replies))?)
+}

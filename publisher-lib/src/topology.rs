@@ -1,5 +1,7 @@
-//! Where Redis is: one server at a fixed address, or the master of a Sentinel-watched set,
-//! which moves to a replica when the master fails.
+//! Where Redis is: one server at a fixed address, the master of a Sentinel-watched set,
+//! which moves to a replica when the master fails, or a Redis Cluster (seed nodes; redis-rs's
+//! cluster connection routes each command to the master of its key's slot and follows MOVED
+//! and failovers).
 //!
 //! With Sentinel every new pooled connection asks the sentinels for the current master and
 //! remembers its address. Before each use a pooled connection is checked: it must lead to the
@@ -20,6 +22,70 @@ use deadpool_redis::redis::{
 };
 
 use crate::error::PublishError;
+
+/// A Redis Cluster, found through any of its nodes.
+///
+/// ```
+/// use publisher::ClusterConfig;
+///
+/// let cluster = ClusterConfig::new(["10.0.0.1:7000", "10.0.0.2:7000"]);
+/// assert_eq!(cluster.nodes.len(), 2);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Seed nodes, `host:port` each: any reachable node tells where the others are.
+    pub nodes: Vec<String>,
+    /// The nodes' password (`requirepass`, the same on every node), if any.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    // Hand-written so that the password never reaches the logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterConfig {
+    /// Seed nodes without a password.
+    pub fn new(nodes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ClusterConfig {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            password: None,
+        }
+    }
+
+    /// `redis://host:port` per seed, checked: at least one, each `host:port`.
+    pub fn urls(&self) -> Result<Vec<String>, PublishError> {
+        let invalid = |reason: String| {
+            PublishError::InvalidConfig(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "invalid Cluster settings",
+                reason,
+            )))
+        };
+        if self.nodes.is_empty() {
+            return Err(invalid("no cluster node address".into()));
+        }
+        self.nodes
+            .iter()
+            .map(|address| {
+                let address = address.trim();
+                let valid = address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !valid {
+                    return Err(invalid(format!(
+                        "cluster node address {address:?} is not host:port"
+                    )));
+                }
+                Ok(format!("redis://{address}"))
+            })
+            .collect()
+    }
+}
 
 /// A Redis master found through Sentinel.
 ///
@@ -249,6 +315,16 @@ pub(crate) type SentinelPool = managed::Pool<SentinelManager>;
 pub enum PooledConnection {
     Single(deadpool_redis::Connection),
     Sentinel(managed::Object<SentinelManager>),
+    /// The publisher's (multiplexed, shared) cluster connection. Pipelines on it must keep to
+    /// one slot: see [`crate::script::query_loading`], which splits them.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl PooledConnection {
+    /// Whether this leads to a Redis Cluster (commands of one pipeline must share a slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, PooledConnection::Cluster(_))
+    }
 }
 
 impl ConnectionLike for PooledConnection {
@@ -259,6 +335,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             PooledConnection::Single(conn) => conn.req_packed_command(cmd),
             PooledConnection::Sentinel(conn) => conn.req_packed_command(cmd),
+            PooledConnection::Cluster(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -271,6 +348,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             PooledConnection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
             PooledConnection::Sentinel(conn) => conn.req_packed_commands(cmd, offset, count),
+            PooledConnection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -278,6 +356,7 @@ impl ConnectionLike for PooledConnection {
         match self {
             PooledConnection::Single(conn) => conn.get_db(),
             PooledConnection::Sentinel(conn) => conn.get_db(),
+            PooledConnection::Cluster(conn) => conn.get_db(),
         }
     }
 }
@@ -306,6 +385,23 @@ mod tests {
             SentinelConfig::new(["10.0.0.1:26379", "sentinel-b:26379"], "m")
                 .client()
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_invalid_input() {
+        for nodes in [vec![], vec!["127.0.0.1"], vec![":7000"], vec!["h:port"]] {
+            let err = ClusterConfig::new(nodes.clone())
+                .urls()
+                .err()
+                .unwrap_or_else(|| panic!("{nodes:?} accepted"));
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        }
+        assert_eq!(
+            ClusterConfig::new(["10.0.0.1:7000", " node-b:7001"])
+                .urls()
+                .unwrap(),
+            ["redis://10.0.0.1:7000", "redis://node-b:7001"]
         );
     }
 

@@ -18,6 +18,11 @@ pub const CHANNEL_PREFIX: &str = "user_";
 /// Every user's history stream is this prefix followed by the decimal user id.
 pub const HISTORY_PREFIX: &str = "history:user_";
 
+/// On a Redis Cluster every user's history stream is this prefix, the decimal user id, and
+/// `}`: the hash tag `{user_<id>}` puts the stream in the slot of the channel `user_<id>`, so
+/// that the publish script (stream and channel) runs on one shard.
+pub const CLUSTER_HISTORY_PREFIX: &str = "history:{user_";
+
 /// The stream field holding a notification's JSON in a history entry.
 pub const HISTORY_FIELD: &str = "p";
 
@@ -62,6 +67,12 @@ impl UserId {
     /// The Redis stream holding this user's recent notifications.
     pub fn history_key(self) -> String {
         format!("{HISTORY_PREFIX}{}", self.0)
+    }
+
+    /// This user's history stream on a Redis Cluster: `history:{user_<id>}`, which hashes to
+    /// the slot of [`UserId::channel`].
+    pub fn cluster_history_key(self) -> String {
+        format!("{CLUSTER_HISTORY_PREFIX}{}}}", self.0)
     }
 
     /// The user a channel name belongs to, if it is a user channel.
@@ -376,6 +387,7 @@ mod tests {
         let id = UserId::new(17).unwrap();
         assert_eq!(id.channel(), "user_17");
         assert_eq!(UserId::from_channel(b"user_17"), Some(id));
+        assert_eq!(id.cluster_history_key(), "history:{user_17}");
         assert_eq!(UserId::from_channel(b"user_017"), None);
         assert_eq!(UserId::from_channel(b"other_17"), None);
     }

@@ -28,10 +28,6 @@ pub struct RedisNode {
 }
 
 impl RedisNode {
-    fn start(label: &str, port: u16, args: Vec<String>) -> Self {
-        Self::start_with_password(label, port, args, None)
-    }
-
     fn start_with_password(
         label: &str,
         port: u16,
@@ -366,7 +362,7 @@ fn data_node(label: &str, replica_of: Option<u16>, password: Option<&str>) -> Re
 // Cluster
 
 /// A Redis Cluster of `masters` masters with `replicas` replicas each, made with
-/// `redis-cli --cluster create`. Nodes run with a 1 s node timeout,
+/// `redis-cli --cluster create` (one master alone: `CLUSTER ADDSLOTSRANGE 0 16383`). Nodes run with a 1 s node timeout,
 /// `cluster-replica-validity-factor 0` (a fresh replica may always take over) and
 /// `cluster-require-full-coverage no` (the other shards keep serving while one is down).
 pub struct Cluster {
@@ -390,6 +386,15 @@ impl Shard {
 
 impl Cluster {
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, None)
+    }
+
+    /// Every node with `requirepass` (and `masterauth`) `password`.
+    pub fn start_secured(masters: usize, replicas: usize, password: &str) -> Self {
+        Self::start_with(masters, replicas, Some(password))
+    }
+
+    fn start_with(masters: usize, replicas: usize, password: Option<&str>) -> Self {
         let redis_cli = require_program("redis-cli", "redis-tools");
         let nodes: Vec<RedisNode> = (0..masters * (1 + replicas))
             .map(|_| {
@@ -413,10 +418,31 @@ impl Cluster {
                     ]
                     .map(str::to_owned),
                 );
-                RedisNode::start("cluster-node", port, args)
+                if let Some(password) = password {
+                    args.extend(
+                        ["--requirepass", password, "--masterauth", password].map(str::to_owned),
+                    );
+                }
+                RedisNode::start_with_password(
+                    "cluster-node",
+                    port,
+                    args,
+                    password.map(str::to_owned),
+                )
             })
             .collect();
-        let output = Command::new(redis_cli)
+        if masters == 1 && replicas == 0 {
+            // redis-cli --cluster create wants 3 masters: one node takes every slot itself.
+            nodes[0].query::<()>(redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(0).arg(16383));
+            let cluster = Cluster { nodes };
+            cluster.wait_settled(1);
+            return cluster;
+        }
+        let mut command = Command::new(redis_cli);
+        if let Some(password) = password {
+            command.env("REDISCLI_AUTH", password);
+        }
+        let output = command
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(RedisNode::addr))

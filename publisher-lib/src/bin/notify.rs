@@ -12,12 +12,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use publisher::{
-    ErrorKind, Level, Notification, Publisher, PublisherOptions, SentinelConfig, UserId,
+    ClusterConfig, ErrorKind, Level, Notification, Publisher, PublisherOptions, SentinelConfig,
+    UserId,
 };
 use serde_json::{Map, Value};
 
 const USAGE: &str = "\
-usage: notify [--redis URL | --sentinels HOST:PORT,... --sentinel-master NAME]
+usage: notify [--redis URL | --sentinels HOST:PORT,... --sentinel-master NAME |
+               --cluster-nodes HOST:PORT,...]
               --user ID [--user ID ...] NOTIFICATION [--timeout-ms N]
 
 NOTIFICATION is either
@@ -31,6 +33,8 @@ or a typed event, with its level and default message:
             (the gateways' redis.sentinels and redis.sentinel_master; default
             $REDIS_SENTINELS and $REDIS_SENTINEL_MASTER); passwords from
             $REDIS_SENTINEL_PASSWORD (the sentinels') and $REDIS_PASSWORD (the master's)
+--cluster-nodes  instead of --redis, seed nodes of a Redis Cluster (the gateways'
+            redis.cluster_nodes; default $REDIS_CLUSTER_NODES); password from $REDIS_PASSWORD
 --data      a JSON object, e.g. '{\"booking_id\":1881,\"slot\":\"A-12\",\"minutes_left\":5}'
 --timeout-ms  upper bound for the whole publish (default 2000)
 
@@ -44,6 +48,7 @@ struct BadInput(String);
 enum Target {
     Url(String),
     Sentinel(SentinelConfig),
+    Cluster(ClusterConfig),
 }
 
 struct Args {
@@ -87,6 +92,7 @@ async fn publish(args: Args) -> ExitCode {
     let publisher = match args.redis {
         Target::Url(url) => Publisher::with_options(&url, options),
         Target::Sentinel(sentinel) => Publisher::with_sentinel(sentinel, options),
+        Target::Cluster(cluster) => Publisher::with_cluster(cluster, options),
     };
     let result = match publisher {
         Ok(publisher) => match args.users.as_slice() {
@@ -117,6 +123,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
     let mut redis = std::env::var("REDIS_URL").ok();
     let mut sentinels = std::env::var("REDIS_SENTINELS").ok();
     let mut sentinel_master = std::env::var("REDIS_SENTINEL_MASTER").ok();
+    let mut cluster_nodes = std::env::var("REDIS_CLUSTER_NODES").ok();
     let mut users = Vec::new();
     let (mut level, mut message, mut event, mut data) = (None, None, None, None);
     let mut timeout = Duration::from_secs(2);
@@ -133,6 +140,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
             "--redis" => redis = Some(value()?),
             "--sentinels" => sentinels = Some(value()?),
             "--sentinel-master" => sentinel_master = Some(value()?),
+            "--cluster-nodes" => cluster_nodes = Some(value()?),
             "--user" => {
                 let id = value()?;
                 users.push(
@@ -186,6 +194,22 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
     )
     .map_err(|e| BadInput(e.to_string()))?;
     let sentinels = sentinels.filter(|s| !s.trim().is_empty());
+    if let Some(nodes) = cluster_nodes.filter(|s| !s.trim().is_empty()) {
+        if sentinels.is_some() || sentinel_master.is_some() {
+            return Err(BadInput(
+                "--cluster-nodes and --sentinels name two topologies: give one".into(),
+            ));
+        }
+        let mut cluster =
+            ClusterConfig::new(nodes.split(',').map(str::trim).filter(|a| !a.is_empty()));
+        cluster.password = std::env::var("REDIS_PASSWORD").ok();
+        return Ok(Some(Args {
+            redis: Target::Cluster(cluster),
+            users,
+            notification,
+            timeout,
+        }));
+    }
     let redis = match (sentinels, sentinel_master) {
         (None, None) => Target::Url(redis.unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned())),
         (Some(_), None) => {

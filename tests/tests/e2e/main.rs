@@ -3,6 +3,7 @@
 
 mod auth;
 mod bench_smoke;
+mod cluster;
 mod cors;
 mod cross_language;
 mod delivery;

@@ -343,7 +343,7 @@ async fn every_publishing_path_takes_the_sentinel_setting() {
 
 /// Runs `command` to its end, killing it (and failing) if it outlives the harness deadline:
 /// a snippet that leaves a connection open never exits by itself.
-fn bounded_output(command: &mut Command) -> std::process::Output {
+pub(crate) fn bounded_output(command: &mut Command) -> std::process::Output {
     let mut child = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -366,7 +366,7 @@ fn bounded_output(command: &mut Command) -> std::process::Output {
 }
 
 /// The first fenced block after `marker` in the Markdown file at `path`.
-fn docs_snippet(path: &Path, marker: &str) -> String {
+pub(crate) fn docs_snippet(path: &Path, marker: &str) -> String {
     let text = std::fs::read_to_string(path).expect("reading the docs");
     let after = &text[text
         .find(marker)

@@ -1,7 +1,8 @@
 -- Stores a notification in its user's history and publishes it, in one atomic step:
 -- nothing is delivered live that is not in history, and nothing enters history unpublished.
 --
--- KEYS[1]  the user's history stream: history:user_<id>
+-- KEYS[1]  the user's history stream: history:user_<id> (on a Redis Cluster
+--          history:{user_<id>}, in the slot of the channel)
 -- ARGV[1]  the user's channel: user_<id>
 -- ARGV[2]  the notification: one JSON object (see docs/PROTOCOL.md)
 -- ARGV[3]  entries kept per user (approximate trim, MAXLEN ~)
@@ -11,6 +12,8 @@
 -- ARGV[6]  optional: "1" when this call retries an earlier one with the same token (whose
 --          answer was lost with its connection). If that one ran, its id is returned and
 --          nothing is stored or published again.
+-- ARGV[7]  optional: "sharded" on a Redis Cluster: publish with SPUBLISH (sharded pub/sub,
+--          Redis 7+), which stays on the shard that serves the user's slot
 --
 -- Returns { id, receivers }: the entry id (also added to the published object as "id") and
 -- PUBLISH's count of gateway nodes that received it (0 for a retry that had already run).
@@ -49,5 +52,9 @@ local separator = ','
 if string.match(body, '^%s*}') then
   separator = ''
 end
-local receivers = redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '"' .. separator .. body)
+local publish = 'PUBLISH'
+if ARGV[7] == 'sharded' then
+  publish = 'SPUBLISH'
+end
+local receivers = redis.call(publish, ARGV[1], '{"id":"' .. id .. '"' .. separator .. body)
 return { id, receivers }

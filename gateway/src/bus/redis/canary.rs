@@ -94,17 +94,28 @@ pub(super) async fn send_canaries(
         let seq = canary.send_next();
         let publish = async {
             let mut conn = publisher.connection().await.map_err(|e| e.to_string())?;
-            redis::cmd("PUBLISH")
-                .arg(&canary.channel)
-                .arg(seq)
-                .query_async::<u64>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
+            // On a cluster the subscriber SSUBSCRIBEs it on the shard of its slot.
+            redis::cmd(if publisher.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            })
+            .arg(&canary.channel)
+            .arg(seq)
+            .query_async::<u64>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(canary.timeout, publish).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "canary publish failed"),
-            Err(_) => tracing::warn!("canary publish timed out"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "canary publish failed");
+                publisher.forget_connections();
+            }
+            Err(_) => {
+                tracing::warn!("canary publish timed out");
+                publisher.forget_connections();
+            }
         }
         if !shared.delivering() {
             tracing::warn!(seq, "canary not delivered in time: reporting not ready");

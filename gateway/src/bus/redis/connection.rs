@@ -69,6 +69,11 @@ pub(super) fn open(
             return Ok((Connector::Sentinel(publisher.clone()), publisher));
         }
         RedisTopology::Single(url) => url.as_str(),
+        RedisTopology::Cluster(_) => {
+            return Err(BusError::Unavailable(
+                "a Redis Cluster has no single subscriber link (see bus::redis::shards)".into(),
+            ))
+        }
     };
     let (client, publisher) = match settings.ca_file.trim() {
         "" => (

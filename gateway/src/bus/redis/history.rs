@@ -34,13 +34,24 @@ impl HistoryReader {
                 .await
                 .map_err(|e| BusError::Unavailable(e.to_string()))?;
             // The history script only reads: sending it again after NOSCRIPT is safe.
-            publisher::script::query_loading(&mut conn, pipe, &HISTORY_READ)
-                .await
-                .map_err(|e| BusError::Unavailable(e.to_string()))
+            let result = match &conn {
+                // One pipeline may not span slots there: one command per user.
+                publisher::PooledConnection::Cluster(cluster) => {
+                    publisher::script::query_each(cluster, pipe, &HISTORY_READ).await
+                }
+                _ => publisher::script::query_loading(&mut conn, pipe, &HISTORY_READ).await,
+            };
+            result.map_err(|e| BusError::Unavailable(e.to_string()))
         };
-        tokio::time::timeout(self.timeout, run)
+        let result = tokio::time::timeout(self.timeout, run)
             .await
-            .unwrap_or_else(|_| Err(BusError::Unavailable("history read timed out".into())))
+            .unwrap_or_else(|_| Err(BusError::Unavailable("history read timed out".into())));
+        if result.is_err() && self.publisher.is_cluster() {
+            // The next read opens a new cluster connection, which reads the slot map again
+            // (the old one may still point at a master that died).
+            self.publisher.forget_connections();
+        }
+        result
     }
 
     /// One replay per `(user, after)`, in one round trip.
@@ -53,7 +64,7 @@ impl HistoryReader {
         for (user, after) in reads {
             pipe.invoke_script(
                 HISTORY_READ
-                    .key(user.history_key())
+                    .key(self.publisher.history_key(*user))
                     .arg(format!("({after}"))
                     .arg(limit + 1),
             );
@@ -84,7 +95,7 @@ impl HistoryReader {
         let mut pipe = redis::pipe();
         for user in users {
             pipe.cmd("XREVRANGE")
-                .arg(user.history_key())
+                .arg(self.publisher.history_key(*user))
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
@@ -111,7 +122,7 @@ impl HistoryReader {
         let mut pipe = redis::pipe();
         let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
         pipe.cmd("XREVRANGE")
-            .arg(user.history_key())
+            .arg(self.publisher.history_key(user))
             .arg(end)
             .arg("-")
             .arg("COUNT")

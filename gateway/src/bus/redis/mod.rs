@@ -10,6 +10,7 @@
 //! | `mod.rs` | [`RedisBus`]: the handle and its [`Bus`] impl; interest epochs shared with the subscriber |
 //! | `connection` | how links are obtained: one Redis, or the master the sentinels name |
 //! | `subscriber` | the task owning the subscriber link: the subscribe sequence, reconnects, pings |
+//! | `shards` | on a Redis Cluster instead: one SSUBSCRIBE link per master shard, following the slot map |
 //! | `history` | history reads through the pool (replay, newest ids, pages) |
 //! | `canary` | the delivery self-check behind readiness |
 //!
@@ -18,6 +19,7 @@
 mod canary;
 mod connection;
 mod history;
+mod shards;
 mod subscriber;
 
 use std::collections::HashSet;
@@ -106,12 +108,24 @@ impl RedisBus {
             min_replica_acks: settings.min_replica_acks,
             ..PublisherOptions::default()
         };
-        let (connector, publisher) = connection::open(settings, topology, options)?;
         let background_options = PublisherOptions {
             pool_size: 1,
             ..options
         };
-        let (_, background) = connection::open(settings, topology, background_options)?;
+        let (connector, publisher, background) = match topology {
+            RedisTopology::Cluster(cluster) => {
+                let publisher = Publisher::with_cluster(cluster.clone(), options)
+                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
+                // Scheduling and presence do not run on a cluster (docs/SCHEDULING.md): the
+                // background loops are not started, so the request publisher stands in.
+                (None, publisher.clone(), publisher)
+            }
+            _ => {
+                let (connector, publisher) = connection::open(settings, topology, options)?;
+                let (_, background) = connection::open(settings, topology, background_options)?;
+                (Some(connector), publisher, background)
+            }
+        };
         let reader = HistoryReader {
             publisher: publisher.clone(),
             timeout: ms(history.read_timeout_ms),
@@ -137,7 +151,21 @@ impl RedisBus {
             history: reader.clone(),
             catch_up_limit,
         };
-        tokio::spawn(subscriber.run(connector, shutdown.clone()));
+        match (connector, topology) {
+            (Some(connector), _) => {
+                tokio::spawn(subscriber.run(connector, shutdown.clone()));
+            }
+            (None, RedisTopology::Cluster(cluster)) => {
+                let shards = shards::ClusterSubscriber::new(
+                    subscriber,
+                    cluster.nodes.clone(),
+                    cluster.password.clone(),
+                    publisher.clone(),
+                );
+                tokio::spawn(shards.run(shutdown.clone()));
+            }
+            (None, _) => unreachable!("only a cluster has no connector"),
+        }
         tokio::spawn(canary::send_canaries(
             shared.clone(),
             publisher.clone(),

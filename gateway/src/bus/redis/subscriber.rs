@@ -263,7 +263,7 @@ impl Subscriber {
 
     /// For users about to be subscribed: everything already stored was published before
     /// their first socket opened, so their cursor starts at the newest stored id.
-    async fn start_cursors(&self, users: &[UserId]) -> Result<(), BusError> {
+    pub(super) async fn start_cursors(&self, users: &[UserId]) -> Result<(), BusError> {
         for batch in users.chunks(BATCH) {
             let newest = self.history.newest_ids(batch).await?;
             for (user, id) in batch.iter().zip(newest) {
@@ -277,7 +277,7 @@ impl Subscriber {
     /// while the link was down, or between reading the cursor and SUBSCRIBE. The hub drops
     /// what its sockets already have; a missed frame resets the cursor (history was lost, or
     /// went back after a failover) so that new notifications are not taken for duplicates.
-    async fn catch_up(&self, users: &[UserId]) -> Result<(), BusError> {
+    pub(super) async fn catch_up(&self, users: &[UserId]) -> Result<(), BusError> {
         let reads: Vec<(UserId, StreamId)> = users
             .iter()
             .filter_map(|user| Some((*user, self.hub.cursor(*user)?)))

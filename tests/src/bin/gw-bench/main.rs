@@ -71,6 +71,8 @@ Options:
   --gateway-internal ADDR[,ADDR]  their internal listeners (server.internal_bind), for the
                          gateways' own socket count from /metrics
   --redis URL            use this Redis instead of starting one
+  --cluster M            start a Redis Cluster of M masters (no replicas) instead of one Redis:
+                         gateways on redis.cluster_nodes, publishing with SPUBLISH
   --user-base N          first user id (default 1000000)
   --auth jwt|none        jwt (default, production): the gateways verify an HS256 access token
                          that every socket presents (?token=); none: no token
@@ -180,6 +182,8 @@ struct Options {
     gateway_pids: Vec<u32>,
     gateway_internals: Vec<SocketAddr>,
     redis_url: Option<String>,
+    /// Masters of a Redis Cluster started for the run; 0: one plain Redis.
+    cluster: usize,
     user_base: u64,
     gateway_env: Vec<(String, String)>,
     /// The HS256 secret sockets sign their tokens with; `None`: auth.mode = none.
@@ -212,6 +216,7 @@ impl Options {
             gateway_pids: Vec::new(),
             gateway_internals: Vec::new(),
             redis_url: None,
+            cluster: 0,
             user_base: 1_000_000,
             gateway_env: Vec::new(),
             jwt_secret: Some(e2e::jwt::SECRET.to_owned()),
@@ -302,6 +307,7 @@ impl Options {
                 "--gateway-pid" => o.gateway_pids = list(flag, v)?,
                 "--gateway-internal" => o.gateway_internals = list(flag, v)?,
                 "--redis" => o.redis_url = Some(v.to_owned()),
+                "--cluster" => o.cluster = num(flag, v)?,
                 "--user-base" => o.user_base = num(flag, v)?,
                 "--auth" => {
                     o.jwt_secret = match v {
@@ -337,6 +343,9 @@ impl Options {
         if o.replicas == 0 {
             return Err("--replicas must be at least 1".into());
         }
+        if o.cluster > 0 && (o.redis_url.is_some() || !o.gateways.is_empty()) {
+            return Err("--cluster starts its own Redis and gateways: no --redis/--gateway".into());
+        }
         if !o.gateways.is_empty() && o.redis_url.is_none() {
             return Err("--gateway needs --redis: the URL the gateways subscribe to".into());
         }
@@ -352,17 +361,21 @@ struct Snapshot {
     rss_kib: Vec<Option<u64>>,
     gateway_cpu: Vec<Option<f64>>,
     redis_cpu: Option<f64>,
+    /// Per Redis process (each master of a cluster).
+    redis_cpu_nodes: Vec<Option<f64>>,
     own_cpu: f64,
 }
 
-fn snapshot(pids: &[u32], redis: &mut redis::Connection) -> Snapshot {
+fn snapshot(pids: &[u32], redis: &mut [redis::Connection]) -> Snapshot {
+    let nodes: Vec<Option<f64>> = redis.iter_mut().map(redis_cpu).collect();
     Snapshot {
         rss_kib: pids.iter().map(|&p| procfs::rss_kib(p)).collect(),
         gateway_cpu: pids
             .iter()
             .map(|&p| procfs::cpu_time(p).map(|d| d.as_secs_f64()))
             .collect(),
-        redis_cpu: redis_cpu(redis),
+        redis_cpu: nodes.iter().copied().sum(),
+        redis_cpu_nodes: nodes,
         own_cpu: procfs::own_cpu_time().as_secs_f64(),
     }
 }
@@ -425,9 +438,11 @@ struct WorkerHandle {
 /// What a run measures: Redis and the gateways, started here unless given.
 struct Stage {
     own_redis: Option<RedisServer>,
+    own_cluster: Option<e2e::topology::Cluster>,
     own_gateways: Vec<Gateway>,
     redis_url: String,
-    redis_conn: redis::Connection,
+    /// One per Redis process measured (each master of a cluster).
+    redis_conn: Vec<redis::Connection>,
     publish_only: bool,
     targets: Vec<SocketAddr>,
     /// Their internal listeners, where /metrics answers (empty when not known).
@@ -437,18 +452,35 @@ struct Stage {
 
 /// Step 1: Redis and gateways.
 fn stage(o: &Options) -> Result<Stage, String> {
-    let own_redis = o.redis_url.is_none().then(RedisServer::start);
-    let redis_url = match (&o.redis_url, &own_redis) {
-        (Some(url), _) => url.clone(),
-        (None, Some(redis)) => redis.url(),
-        (None, None) => unreachable!("started above"),
+    let own_cluster = (o.cluster > 0).then(|| {
+        say!("starting a Redis Cluster of {} masters", o.cluster);
+        e2e::topology::Cluster::start(o.cluster, 0)
+    });
+    let own_redis = (o.redis_url.is_none() && own_cluster.is_none()).then(RedisServer::start);
+    let redis_urls: Vec<String> = match (&o.redis_url, &own_redis, &own_cluster) {
+        (Some(url), _, _) => vec![url.clone()],
+        (None, Some(redis), _) => vec![redis.url()],
+        (None, None, Some(cluster)) => cluster.nodes.iter().map(|n| n.url()).collect(),
+        (None, None, None) => unreachable!("started above"),
     };
-    let redis_conn = redis::Client::open(redis_url.as_str())
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-        .map_err(|e| format!("cannot reach Redis at {redis_url}: {e}"))?;
+    let redis_url = match &own_cluster {
+        Some(_) => String::new(),
+        None => redis_urls[0].clone(),
+    };
+    let redis_conn = redis_urls
+        .iter()
+        .map(|url| {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+                .map_err(|e| format!("cannot reach Redis at {url}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let publish_only = o.sockets == SocketCount::Exactly(0);
     let own_gateways: Vec<Gateway> = if o.gateways.is_empty() && !publish_only {
-        let settings = gateway_settings(&redis_url, o.jwt_secret.as_deref());
+        let mut settings = gateway_settings(&redis_url, o.jwt_secret.as_deref());
+        if let Some(cluster) = &own_cluster {
+            settings.push(("GW__REDIS__CLUSTER_NODES", cluster.seed_addrs().join(",")));
+        }
         let settings: Vec<(&str, &str)> = settings
             .iter()
             .map(|(k, v)| (*k, v.as_str()))
@@ -484,6 +516,7 @@ fn stage(o: &Options) -> Result<Stage, String> {
 
     Ok(Stage {
         own_redis,
+        own_cluster,
         own_gateways,
         redis_url,
         redis_conn,
@@ -565,9 +598,10 @@ async fn conduct(o: Options) -> Result<Value, String> {
 
     let Stage {
         own_redis,
+        own_cluster,
         own_gateways,
         redis_url,
-        mut redis_conn,
+        redis_conn: mut redis_conns,
         publish_only,
         targets,
         internals,
@@ -582,10 +616,10 @@ async fn conduct(o: Options) -> Result<Value, String> {
         users_per_worker,
     } = sizes(&o, publish_only, &targets, &pids)?;
     // Keep what this run started alive until it ends.
-    let _own = (&own_redis, &own_gateways);
+    let _own = (&own_redis, &own_cluster, &own_gateways);
 
     // Connect.
-    let idle = snapshot(&pids, &mut redis_conn);
+    let idle = snapshot(&pids, &mut redis_conns);
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let (events_tx, mut events) = mpsc::channel::<(usize, Event)>(1024);
     let mut handles = Vec::new();
@@ -685,7 +719,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
         }
     }
     let ramp_secs = last_done.saturating_sub(first_start) as f64 / 1e9;
-    let at_connect = snapshot(&pids, &mut redis_conn);
+    let at_connect = snapshot(&pids, &mut redis_conns);
     say!(
         "{ok} sockets open, {failed} failed, in {ramp_secs:.2} s ({:.0}/s)",
         ok as f64 / ramp_secs.max(1e-9)
@@ -700,21 +734,24 @@ async fn conduct(o: Options) -> Result<Value, String> {
     if o.hold_secs > 0.0 {
         say!("holding the sockets idle for {} s", o.hold_secs);
         tokio::time::sleep(Duration::from_secs_f64(o.hold_secs)).await;
-        at_hold = Some(snapshot(&pids, &mut redis_conn));
+        at_hold = Some(snapshot(&pids, &mut redis_conns));
     }
 
     // Publish.
-    let publisher = Publisher::with_options(
-        &redis_url,
-        PublisherOptions {
-            pool_size: o.inflight.clamp(1, 64),
-            timeout: Duration::from_secs(10),
-            ..PublisherOptions::default()
-        },
-    )
+    let options = PublisherOptions {
+        pool_size: o.inflight.clamp(1, 64),
+        timeout: Duration::from_secs(10),
+        ..PublisherOptions::default()
+    };
+    let publisher = match &own_cluster {
+        Some(cluster) => {
+            Publisher::with_cluster(publisher::ClusterConfig::new(cluster.seed_addrs()), options)
+        }
+        None => Publisher::with_options(&redis_url, options),
+    }
     .map_err(|e| e.to_string())?;
     publisher.ping().await.map_err(|e| e.to_string())?;
-    let before_publish = snapshot(&pids, &mut redis_conn);
+    let before_publish = snapshot(&pids, &mut redis_conns);
     say!(
         "publishing {messages} notifications ({})",
         if o.rate > 0.0 {
@@ -794,7 +831,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             worker_cpu_publish += r.cpu_secs - worker_cpu_connected[w];
         }
     }
-    let end = snapshot(&pids, &mut redis_conn);
+    let end = snapshot(&pids, &mut redis_conns);
     let delivery_secs = total.last_rx_ns.saturating_sub(publish_start_ns) as f64 / 1e9;
     let frames = total.delivered + total.duplicated + total.misrouted + total.unexpected;
     say!(
@@ -831,6 +868,17 @@ async fn conduct(o: Options) -> Result<Value, String> {
         .redis_cpu
         .zip(end.redis_cpu)
         .map(|(a, b)| b - a);
+    // Each Redis process's share: with a cluster, the CPU of each master per notification.
+    let redis_per_node_us: Vec<Option<f64>> = before_publish
+        .redis_cpu_nodes
+        .iter()
+        .zip(&end.redis_cpu_nodes)
+        .map(|(a, b)| {
+            a.zip(*b)
+                .filter(|_| outcome.sent > 0)
+                .map(|(a, b)| round((b - a) * 1e6 / outcome.sent as f64, 2))
+        })
+        .collect();
     let per_frame_us = |cpu: Option<f64>| {
         cpu.filter(|_| frames > 0)
             .map(|c| round(c * 1e6 / frames as f64, 2))
@@ -870,6 +918,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "inflight": o.inflight,
             "message_bytes": o.message_bytes,
             "replicas": targets.len(),
+            "cluster_masters": o.cluster,
             "workers": workers,
             "connect_rate": o.connect_rate,
             "connect_inflight": o.connect_inflight,
@@ -909,6 +958,8 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "cpu_us_per_notification": {
                 "redis": redis_publish.filter(|_| outcome.sent > 0).map(|c| round(c * 1e6 / outcome.sent as f64, 2)),
                 "tool": (outcome.sent > 0).then(|| round(tool_publish * 1e6 / outcome.sent as f64, 2)),
+                // One entry per Redis process (each cluster master), over all notifications.
+                "redis_per_process": redis_per_node_us,
             },
         },
         "delivery": {
