@@ -3,6 +3,7 @@
 
 mod auth;
 mod bench_smoke;
+mod close_timing;
 mod cross_language;
 mod delivery;
 mod deploy;
