@@ -3,6 +3,7 @@
 
 mod auth;
 mod bench_smoke;
+mod churn;
 mod close_timing;
 mod cross_language;
 mod delivery;
@@ -17,6 +18,7 @@ mod redis_security;
 mod resume;
 mod sentinel;
 mod socket_limits;
+mod storm;
 mod subscriptions;
 
 use publisher::{Level, Notification, Publisher, UserId};

@@ -46,6 +46,10 @@ Scenarios (options given after them override their values):
   d      as many sockets as one gateway process can hold (its open-file limit), one each
   d3     the same on each of 3 replicas behind one Redis
   p      publisher-lib alone: 200,000 notifications to 1,000 users, no socket, no gateway
+  storm  2 replicas, 20,000 sockets, 2,000/s for 20 s; SIGKILL of one after 5 s, its clients
+         reconnect to the other with last_id after 0-1 s of jitter
+  churn  100 rounds of 1,000 sockets against one gateway: open (new users each round), one
+         notification each, close (half politely, half aborted); RSS and open files per round
 
 Options:
   --sockets N|cap        sockets in all (cap: open-file limit of the gateways, less what they use;
@@ -73,6 +77,10 @@ Options:
   --auth jwt|none        jwt (default, production): the gateways verify an HS256 access token
                          that every socket presents (?token=); none: no token
   --jwt-secret S         the HS256 secret (default: the test suite's); for --gateway runs
+  --kill-after S         storm: seconds of publishing before replica 0 is killed (default 5)
+  --jitter-ms MS         storm: its clients reconnect after a uniform 0..MS pause (default 1000)
+  --rounds N             churn: rounds (default 100)
+  --churn-from N         churn: RSS growth is measured from the end of this round (default 20)
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
@@ -110,6 +118,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("worker") {
         return worker::main(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("storm-worker") {
+        return storm::worker_main(&args[1..]);
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
@@ -125,7 +136,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(conduct(options)) {
+    let run = async {
+        match options.scenario.as_str() {
+            "churn" => churn::run(options).await,
+            "storm" => storm::run(options).await,
+            _ => conduct(options).await,
+        }
+    };
+    match runtime.block_on(run) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -140,6 +158,9 @@ fn main() -> ExitCode {
 macro_rules! say {
     ($($arg:tt)*) => { eprintln!("[gw-bench] {}", format!($($arg)*)) };
 }
+
+mod churn;
+mod storm;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SocketCount {
@@ -180,6 +201,10 @@ struct Options {
     gateway_env: Vec<(String, String)>,
     /// The HS256 secret sockets sign their tokens with; `None`: auth.mode = none.
     jwt_secret: Option<String>,
+    rounds: u64,
+    churn_from: u64,
+    kill_after_secs: f64,
+    jitter_ms: u64,
 }
 
 impl Options {
@@ -208,6 +233,10 @@ impl Options {
             user_base: 1_000_000,
             gateway_env: Vec::new(),
             jwt_secret: Some(e2e::jwt::SECRET.to_owned()),
+            rounds: 100,
+            churn_from: 20,
+            kill_after_secs: 5.0,
+            jitter_ms: 1000,
         };
         match name {
             "custom" => {}
@@ -228,6 +257,15 @@ impl Options {
             "d3" => {
                 o.sockets = SocketCount::Cap;
                 o.replicas = 3;
+            }
+            "churn" => {}
+            "storm" => {
+                o.sockets = SocketCount::Exactly(20_000);
+                o.replicas = 2;
+                o.rate = 2000.0;
+                o.duration_secs = Some(20.0);
+                o.sockets_per_worker = 10_000;
+                o.quiet_ms = 10_000;
             }
             "p" => {
                 o.sockets = SocketCount::Exactly(0);
@@ -302,6 +340,10 @@ impl Options {
                     }
                 }
                 "--jwt-secret" => o.jwt_secret = Some(v.to_owned()),
+                "--rounds" => o.rounds = num(flag, v)?,
+                "--kill-after" => o.kill_after_secs = num(flag, v)?,
+                "--jitter-ms" => o.jitter_ms = num(flag, v)?,
+                "--churn-from" => o.churn_from = num(flag, v)?,
                 "--set" => {
                     for pair in v.split(',') {
                         let (key, value) = pair

@@ -25,7 +25,7 @@ use crate::histogram::Histogram;
 use crate::protocol::{expected, now_ns, Command, Event, Report, WorkerPlan};
 use e2e::procfs;
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 pub fn main(args: &[String]) -> ExitCode {
     let plan = match args.first().map(|a| serde_json::from_str::<WorkerPlan>(a)) {
@@ -334,7 +334,7 @@ async fn socket_task(
     bump(&tally.closed, reason);
 }
 
-async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, String> {
+pub(crate) async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, String> {
     let io = |stage: &str, e: std::io::Error| format!("{stage}: {:?}", e.kind());
     let socket = TcpSocket::new_v4().map_err(|e| io("socket", e))?;
     // Pick the port at connect time, per destination: otherwise bind() reserves a port per
