@@ -21,9 +21,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
 use publisher::wire::{self, PayloadError, StreamId, UserId};
-use tokio::sync::mpsc;
 
 use crate::metrics::{DropCause, Metrics};
+use crate::outbox::{outbox, OutboxReceiver, OutboxSender, PushError};
 
 /// One notification as written to sockets: the text is shared, never copied per socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,14 +37,12 @@ pub type SocketId = u64;
 
 const SHARDS: usize = 64;
 
-/// What a socket queue holds: one pointer per slot. Tokio allocates a queue's first block of
-/// 32 slots with the queue, so the slot size is paid by every idle socket (56 bytes for a
-/// `Frame`, 8 for an `Arc`: 1.5 KiB less per socket).
+/// What a socket queue holds: one pointer per slot, the frame itself shared by every socket.
 pub type QueuedFrame = Arc<Frame>;
 
 struct Outbox {
     socket: SocketId,
-    tx: mpsc::Sender<QueuedFrame>,
+    tx: OutboxSender,
 }
 
 #[derive(Default)]
@@ -67,7 +65,7 @@ pub struct Hub {
 pub struct Registration {
     pub user: UserId,
     pub socket: SocketId,
-    pub outbox: mpsc::Receiver<QueuedFrame>,
+    pub outbox: OutboxReceiver,
 }
 
 impl Hub {
@@ -99,7 +97,7 @@ impl Hub {
             return None;
         }
         let socket = self.next_socket.fetch_add(1, Relaxed);
-        let (tx, outbox) = mpsc::channel(self.queue_capacity);
+        let (tx, outbox) = outbox(self.queue_capacity);
         entry.sockets.push(Outbox { socket, tx });
         drop(shard);
         if first {
@@ -232,14 +230,13 @@ impl Hub {
         let mut delivered = 0;
         entry
             .sockets
-            .retain(|outbox| match outbox.tx.try_send(frame.clone()) {
+            .retain(|outbox| match outbox.tx.try_push(frame.clone()) {
                 Ok(()) => {
                     delivered += 1;
                     true
                 }
                 // Full: evict as a slow consumer. Closed: the session is ending and unregisters.
-                Err(mpsc::error::TrySendError::Full(_)) => false,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(PushError::Full | PushError::Closed) => false,
             });
         let evicted = before - entry.sockets.len();
         drop(shard);
@@ -337,7 +334,7 @@ mod tests {
         slow.outbox.try_recv().unwrap();
         assert!(matches!(
             slow.outbox.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
+            Err(crate::outbox::TryRecvError::Disconnected)
         ));
         assert_eq!(hub.metrics.dropped_count(DropCause::SlowClient), 1);
     }

@@ -19,7 +19,8 @@
 //! - [`error`]: every refusal and its HTTP answer ([`error::ApiError`]), for `http` and `ws`.
 //! - [`subscriptions`]: a user's subscription from its first socket to the linger after its
 //!   last (attach/detach); tells the bus when the hub's interest changes.
-//! - [`hub`]: the local registry of users and sockets, and the non-blocking fan-out.
+//! - [`hub`]: the local registry of users and sockets, and the non-blocking fan-out into each
+//!   socket's bounded [`outbox`].
 //! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out: connection,
 //!   subscriber, history and canary rooms) or [`bus::memory`] (single node), behind one trait.
 //! - [`history`]: replay planning, the missed frame, the in-memory history.
@@ -49,6 +50,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod outbox;
 pub mod presence;
 pub mod schedule;
 pub mod secrets;

@@ -3,6 +3,8 @@
 
 mod auth;
 mod bench_smoke;
+mod churn;
+mod close_timing;
 mod cluster;
 mod cors;
 mod cross_language;
@@ -22,6 +24,7 @@ mod scheduled;
 mod sentinel;
 mod socket_limits;
 mod sse;
+mod storm;
 mod subscriptions;
 
 use publisher::{Level, Notification, Publisher, UserId};

@@ -46,6 +46,10 @@ Scenarios (options given after them override their values):
   d      as many sockets as one gateway process can hold (its open-file limit), one each
   d3     the same on each of 3 replicas behind one Redis
   p      publisher-lib alone: 200,000 notifications to 1,000 users, no socket, no gateway
+  storm  2 replicas, 20,000 sockets, 2,000/s for 20 s; SIGKILL of one after 5 s, its clients
+         reconnect to the other with last_id after 0-1 s of jitter
+  churn  100 rounds of 1,000 sockets against one gateway: open (new users each round), one
+         notification each, close (half politely, half aborted); RSS and open files per round
 
 Options:
   --sockets N|cap        sockets in all (cap: open-file limit of the gateways, less what they use;
@@ -78,6 +82,10 @@ Options:
                          that every socket presents (?token=); none: no token
   --jwt-secret S         the HS256 secret (default: the test suite's); for --gateway runs
   --transport ws|sse     WebSocket sockets (default) or Server-Sent Events streams
+  --kill-after S         storm: seconds of publishing before replica 0 is killed (default 5)
+  --jitter-ms MS         storm: its clients reconnect after a uniform 0..MS pause (default 1000)
+  --rounds N             churn: rounds (default 100)
+  --churn-from N         churn: RSS growth is measured from the end of this round (default 20)
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
@@ -115,6 +123,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("worker") {
         return worker::main(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("storm-worker") {
+        return storm::worker_main(&args[1..]);
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
@@ -130,7 +141,14 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(conduct(options)) {
+    let run = async {
+        match options.scenario.as_str() {
+            "churn" => churn::run(options).await,
+            "storm" => storm::run(options).await,
+            _ => conduct(options).await,
+        }
+    };
+    match runtime.block_on(run) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -145,6 +163,9 @@ fn main() -> ExitCode {
 macro_rules! say {
     ($($arg:tt)*) => { eprintln!("[gw-bench] {}", format!($($arg)*)) };
 }
+
+mod churn;
+mod storm;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SocketCount {
@@ -190,6 +211,10 @@ struct Options {
     jwt_secret: Option<String>,
     /// "ws" or "sse".
     transport: String,
+    rounds: u64,
+    churn_from: u64,
+    kill_after_secs: f64,
+    jitter_ms: u64,
 }
 
 impl Options {
@@ -221,6 +246,10 @@ impl Options {
             gateway_env: Vec::new(),
             jwt_secret: Some(e2e::jwt::SECRET.to_owned()),
             transport: "ws".to_owned(),
+            rounds: 100,
+            churn_from: 20,
+            kill_after_secs: 5.0,
+            jitter_ms: 1000,
         };
         match name {
             "custom" => {}
@@ -241,6 +270,15 @@ impl Options {
             "d3" => {
                 o.sockets = SocketCount::Cap;
                 o.replicas = 3;
+            }
+            "churn" => {}
+            "storm" => {
+                o.sockets = SocketCount::Exactly(20_000);
+                o.replicas = 2;
+                o.rate = 2000.0;
+                o.duration_secs = Some(20.0);
+                o.sockets_per_worker = 10_000;
+                o.quiet_ms = 10_000;
             }
             "p" => {
                 o.sockets = SocketCount::Exactly(0);
@@ -323,6 +361,10 @@ impl Options {
                     }
                     o.transport = v.to_owned();
                 }
+                "--rounds" => o.rounds = num(flag, v)?,
+                "--kill-after" => o.kill_after_secs = num(flag, v)?,
+                "--jitter-ms" => o.jitter_ms = num(flag, v)?,
+                "--churn-from" => o.churn_from = num(flag, v)?,
                 "--set" => {
                     for pair in v.split(',') {
                         let (key, value) = pair

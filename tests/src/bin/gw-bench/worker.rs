@@ -25,7 +25,7 @@ use crate::histogram::Histogram;
 use crate::protocol::{expected, now_ns, Command, Event, Report, WorkerPlan};
 use e2e::procfs;
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 pub fn main(args: &[String]) -> ExitCode {
     let plan = match args.first().map(|a| serde_json::from_str::<WorkerPlan>(a)) {
@@ -371,7 +371,7 @@ async fn connect(target: SocketAddr, source: Ipv4Addr) -> Result<TcpStream, Stri
     socket.connect(target).await.map_err(|e| io("connect", e))
 }
 
-async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, String> {
+pub(crate) async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, String> {
     let stream = connect(target, source).await?;
     // Small buffers: the client side holds tens of thousands of sockets.
     let config = WebSocketConfig::default()

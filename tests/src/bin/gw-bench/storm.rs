@@ -1,0 +1,635 @@
+//! `gw-bench --scenario storm`: a replica dies under load and its clients all come back at once.
+//!
+//! Two replicas (the first is killed), `--sockets` sockets in all, one per user, split evenly;
+//! notifications published at `--rate` through the history script for `--duration` seconds.
+//! After `--kill-after` seconds the first replica gets SIGKILL; each of its clients waits a
+//! uniform random 0..`--jitter-ms` and reconnects to the survivor with `last_id` (the id of
+//! the last notification it received), as a browser does. Clients are worker processes
+//! (`gw-bench storm-worker PLAN`, each holding at most `--sockets-per-worker`).
+//!
+//! Reported: the time from the kill until every client of the dead replica was open again
+//! (and its p50/p99), lost / duplicated / out-of-order / missed-frame counts over every
+//! socket, the latency p99 of the sockets that were never disconnected for notifications
+//! sent after the kill, and the survivor's RSS before and at its peak.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use publisher::{Publisher, PublisherOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::time::{sleep, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::histogram::Histogram;
+use crate::protocol::{expected, now_ns};
+use crate::{millis, publish_at_rate, round, stage, worker, Options, SocketCount, Source, Stage};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StormPlan {
+    /// `targets[0]` is the replica that is killed, `targets[1]` the survivor.
+    targets: Vec<SocketAddr>,
+    source_ip: Ipv4Addr,
+    /// User indexes of this worker (id = `user_base + index`); index k starts on
+    /// `targets[k % 2]`.
+    first: u64,
+    count: u64,
+    user_base: u64,
+    users: u64,
+    jwt_secret: Option<String>,
+    jitter_ms: u64,
+    connect_inflight: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StormCommand {
+    /// The first replica was killed at this time (ns since the epoch).
+    Killed { at_ns: u64 },
+    /// `messages` were published in all: report once they arrived or `quiet_ms` passed.
+    Drain { messages: u64, quiet_ms: u64 },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StormReport {
+    opened: u64,
+    failed: u64,
+    disconnected: u64,
+    resumed: u64,
+    /// Kill to reopened, µs, of each disconnected socket that reopened.
+    resume_us: Histogram,
+    last_resume_ns: u64,
+    expected: u64,
+    delivered: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    missed_frames: u64,
+    misrouted: u64,
+    malformed: u64,
+    reconnect_failures: BTreeMap<String, u64>,
+    /// Latency, µs, on sockets never disconnected, of notifications sent after the kill.
+    undisturbed_after_kill_us: Histogram,
+    /// The same before the kill.
+    before_kill_us: Histogram,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StormEvent {
+    Open { opened: u64, failed: u64 },
+    Report(Box<StormReport>),
+}
+
+/// One client: what it saw.
+#[derive(Default)]
+struct Client {
+    seen: Vec<u64>,
+    max_seq: Option<u64>,
+    last_id: Option<String>,
+    disconnected: bool,
+    resumed_ns: Option<u64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    kill_ns: AtomicU64,
+    duplicated: AtomicU64,
+    out_of_order: AtomicU64,
+    missed_frames: AtomicU64,
+    misrouted: AtomicU64,
+    malformed: AtomicU64,
+    distinct: AtomicU64,
+    undisturbed: Mutex<Histogram>,
+    before: Mutex<Histogram>,
+    failures: Mutex<BTreeMap<String, u64>>,
+}
+
+pub fn worker_main(args: &[String]) -> ExitCode {
+    let Some(Ok(plan)) = args.first().map(|a| serde_json::from_str::<StormPlan>(a)) else {
+        eprintln!("gw-bench storm-worker: bad or missing plan (started by gw-bench itself)");
+        return ExitCode::from(2);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(worker_run(plan));
+    ExitCode::SUCCESS
+}
+
+fn emit(event: &StormEvent) {
+    println!(
+        "{}",
+        serde_json::to_string(event).expect("events serialise")
+    );
+}
+
+fn url(plan: &StormPlan, target: SocketAddr, user: u64, last_id: Option<&str>) -> String {
+    let mut url = format!("ws://{target}/ws/notifications/{user}/?");
+    if let Some(id) = last_id {
+        url.push_str(&format!("last_id={id}&"));
+    }
+    if let Some(secret) = &plan.jwt_secret {
+        let claims = e2e::jwt::access_claims(user, 3600);
+        url.push_str("token=");
+        url.push_str(&e2e::jwt::hs256_with(&claims, secret));
+    }
+    url
+}
+
+async fn worker_run(plan: StormPlan) {
+    let plan = Arc::new(plan);
+    let shared = Arc::new(Shared::default());
+    let clients: Vec<Arc<Mutex<Client>>> = (0..plan.count)
+        .map(|_| Arc::new(Mutex::new(Client::default())))
+        .collect();
+    // Open every socket.
+    let opened: Vec<Option<worker::Ws>> = futures_util::stream::iter(0..plan.count)
+        .map(|i| {
+            let plan = plan.clone();
+            async move {
+                let k = plan.first + i;
+                let target = plan.targets[(k % 2) as usize];
+                let url = url(&plan, target, plan.user_base + k, None);
+                worker::open(target, plan.source_ip, &url).await.ok()
+            }
+        })
+        .buffered(plan.connect_inflight.max(1))
+        .collect()
+        .await;
+    let failed = opened.iter().filter(|w| w.is_none()).count() as u64;
+    emit(&StormEvent::Open {
+        opened: plan.count - failed,
+        failed,
+    });
+    for (i, ws) in opened.into_iter().enumerate() {
+        if let Some(ws) = ws {
+            tokio::spawn(client_task(
+                plan.clone(),
+                shared.clone(),
+                clients[i].clone(),
+                plan.first + i as u64,
+                ws,
+            ));
+        }
+    }
+
+    let mut commands = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = commands.next_line().await {
+        match serde_json::from_str::<StormCommand>(&line) {
+            Ok(StormCommand::Killed { at_ns }) => shared.kill_ns.store(at_ns, Relaxed),
+            Ok(StormCommand::Drain { messages, quiet_ms }) => {
+                let report = drain(&plan, &shared, &clients, messages, quiet_ms, failed).await;
+                emit(&StormEvent::Report(Box::new(report)));
+            }
+            Err(e) => eprintln!("gw-bench storm-worker: bad command {line:?}: {e}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    id: Option<String>,
+    event: Option<String>,
+    data: Option<Data>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    u: Option<u64>,
+    s: Option<u64>,
+    t: Option<u64>,
+}
+
+async fn client_task(
+    plan: Arc<StormPlan>,
+    shared: Arc<Shared>,
+    client: Arc<Mutex<Client>>,
+    k: u64,
+    mut ws: worker::Ws,
+) {
+    let user = plan.user_base + k;
+    loop {
+        // Read until the connection ends.
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let now = now_ns();
+            let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else {
+                shared.malformed.fetch_add(1, Relaxed);
+                continue;
+            };
+            let mut c = client.lock().unwrap();
+            if frame.id.is_some() {
+                c.last_id = frame.id.clone();
+            }
+            if frame.event.as_deref() == Some("gateway.missed") {
+                shared.missed_frames.fetch_add(1, Relaxed);
+                continue;
+            }
+            let Some(Data {
+                u: Some(u),
+                s: Some(s),
+                t: Some(t),
+            }) = frame.data
+            else {
+                shared.malformed.fetch_add(1, Relaxed);
+                continue;
+            };
+            if u != user {
+                shared.misrouted.fetch_add(1, Relaxed);
+                continue;
+            }
+            let (word, bit) = ((s / 64) as usize, 1u64 << (s % 64));
+            if c.seen.len() <= word {
+                c.seen.resize(word + 1, 0);
+            }
+            if c.seen[word] & bit != 0 {
+                shared.duplicated.fetch_add(1, Relaxed);
+                continue;
+            }
+            c.seen[word] |= bit;
+            shared.distinct.fetch_add(1, Relaxed);
+            if c.max_seq.is_some_and(|m| s < m) {
+                shared.out_of_order.fetch_add(1, Relaxed);
+            }
+            c.max_seq = c.max_seq.max(Some(s));
+            let latency = now.saturating_sub(t) / 1000;
+            let kill = shared.kill_ns.load(Relaxed);
+            if kill == 0 || t < kill {
+                shared.before.lock().unwrap().record(latency);
+            } else if !c.disconnected {
+                shared.undisturbed.lock().unwrap().record(latency);
+            }
+        }
+        // The replica is gone: back to the survivor after a random pause, with the last id.
+        let last_id = {
+            let mut c = client.lock().unwrap();
+            if c.disconnected {
+                // The survivor closed us too: nothing more to do in this scenario.
+                return;
+            }
+            c.disconnected = true;
+            // Every client connected before the first notification: one that has received
+            // nothing yet resumes from the start of its history, as a client that fetched its
+            // inbox first would pass the newest id it saw.
+            c.last_id.clone().or_else(|| Some("0-0".to_owned()))
+        };
+        let pause = if plan.jitter_ms > 0 {
+            rand_below(plan.jitter_ms * 1000, k)
+        } else {
+            0
+        };
+        sleep(Duration::from_micros(pause)).await;
+        let survivor = plan.targets[1];
+        let url = url(&plan, survivor, user, last_id.as_deref());
+        let mut attempt = 0;
+        ws = loop {
+            match worker::open(survivor, plan.source_ip, &url).await {
+                Ok(ws) => break ws,
+                Err(reason) => {
+                    *shared.failures.lock().unwrap().entry(reason).or_default() += 1;
+                    attempt += 1;
+                    if attempt > 20 {
+                        return;
+                    }
+                    sleep(Duration::from_millis(100 * attempt)).await;
+                }
+            }
+        };
+        client.lock().unwrap().resumed_ns = Some(now_ns());
+    }
+}
+
+/// A cheap uniform-ish number below `bound` (no rand crate): a hash of the socket index and
+/// the time.
+fn rand_below(bound: u64, salt: u64) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one((salt, now_ns())) % bound.max(1)
+}
+
+async fn drain(
+    plan: &StormPlan,
+    shared: &Shared,
+    clients: &[Arc<Mutex<Client>>],
+    messages: u64,
+    quiet_ms: u64,
+    failed: u64,
+) -> StormReport {
+    let expected_total: u64 = (0..plan.count)
+        .map(|i| expected(plan.first + i, messages, plan.users))
+        .sum();
+    let (mut last, mut since) = (shared.distinct.load(Relaxed), Instant::now());
+    while shared.distinct.load(Relaxed) < expected_total {
+        let now = shared.distinct.load(Relaxed);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(quiet_ms) {
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    let kill = shared.kill_ns.load(Relaxed);
+    let mut report = StormReport {
+        opened: plan.count - failed,
+        failed,
+        expected: expected_total,
+        ..StormReport::default()
+    };
+    let mut resume_us = Histogram::default();
+    for (i, client) in clients.iter().enumerate() {
+        let c = client.lock().unwrap();
+        let want = expected(plan.first + i as u64, messages, plan.users);
+        let got = (0..want)
+            .filter(|s| {
+                c.seen
+                    .get((s / 64) as usize)
+                    .is_some_and(|w| w & (1 << (s % 64)) != 0)
+            })
+            .count() as u64;
+        report.delivered += got;
+        report.lost += want - got;
+        if c.disconnected {
+            report.disconnected += 1;
+        }
+        if let Some(at) = c.resumed_ns {
+            report.resumed += 1;
+            resume_us.record(at.saturating_sub(kill) / 1_000);
+            report.last_resume_ns = report.last_resume_ns.max(at);
+        }
+    }
+    report.resume_us = resume_us.packed();
+    report.duplicated = shared.duplicated.load(Relaxed);
+    report.out_of_order = shared.out_of_order.load(Relaxed);
+    report.missed_frames = shared.missed_frames.load(Relaxed);
+    report.misrouted = shared.misrouted.load(Relaxed);
+    report.malformed = shared.malformed.load(Relaxed);
+    report.reconnect_failures = shared.failures.lock().unwrap().clone();
+    report.undisturbed_after_kill_us = shared.undisturbed.lock().unwrap().packed();
+    report.before_kill_us = shared.before.lock().unwrap().packed();
+    report
+}
+
+pub async fn run(o: Options) -> Result<Value, String> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let Stage {
+        own_redis,
+        mut own_gateways,
+        redis_url,
+        targets,
+        pids,
+        ..
+    } = stage(&o)?;
+    let _redis = &own_redis;
+    if own_gateways.len() != 2 {
+        return Err("storm starts its own two replicas (no --gateway, --replicas 2)".into());
+    }
+    let users = match o.sockets {
+        SocketCount::Exactly(n) if n > 0 => n,
+        _ => return Err("storm needs --sockets N > 0".into()),
+    };
+    let rate = if o.rate > 0.0 { o.rate } else { 2000.0 };
+    let duration = o.duration_secs.unwrap_or(20.0);
+    let messages = (rate * duration).round() as u64;
+    let workers = users.div_ceil(o.sockets_per_worker);
+    let per_worker = users.div_ceil(workers);
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let (events_tx, mut events) = tokio::sync::mpsc::channel::<(usize, StormEvent)>(64);
+    let mut stdins = Vec::new();
+    let mut children = Vec::new();
+    say!(
+        "storm: {users} sockets on 2 replicas from {workers} worker(s); {rate}/s for {duration} s; SIGKILL of replica 0 after {} s",
+        o.kill_after_secs
+    );
+    for w in 0..workers {
+        let first = w * per_worker;
+        let plan = StormPlan {
+            targets: targets.clone(),
+            source_ip: Ipv4Addr::new(127, 0, 2, 10 + w as u8),
+            first,
+            count: per_worker.min(users - first),
+            user_base: o.user_base,
+            users,
+            jwt_secret: o.jwt_secret.clone(),
+            jitter_ms: o.jitter_ms,
+            connect_inflight: o.connect_inflight,
+        };
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("storm-worker")
+            .arg(serde_json::to_string(&plan).expect("plans serialise"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawning storm worker {w}: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        stdins.push(child.stdin.take().expect("piped"));
+        children.push(child);
+        let tx = events_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(event) = serde_json::from_str::<StormEvent>(&line) {
+                    if tx.send((w as usize, event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(events_tx);
+    let (mut opened, mut failed) = (0, 0);
+    for _ in 0..workers {
+        match events.recv().await {
+            Some((
+                _,
+                StormEvent::Open {
+                    opened: o_,
+                    failed: f_,
+                },
+            )) => {
+                opened += o_;
+                failed += f_;
+            }
+            _ => return Err("a storm worker ended before it opened its sockets".into()),
+        }
+    }
+    say!("{opened} sockets open, {failed} failed");
+    let survivor_pid = pids[1];
+    let rss_before = e2e::procfs::rss_kib(survivor_pid);
+
+    let publisher = Publisher::with_options(
+        &redis_url,
+        PublisherOptions {
+            pool_size: 16,
+            timeout: Duration::from_secs(10),
+            ..PublisherOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    publisher.ping().await.map_err(|e| e.to_string())?;
+    let source = Arc::new(Source {
+        users,
+        user_base: o.user_base,
+        message: "x".repeat(o.message_bytes.max(1)),
+    });
+    // Sample the survivor's RSS while the storm runs.
+    let peak = Arc::new(AtomicU64::new(rss_before.unwrap_or(0)));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = e2e::procfs::rss_kib(survivor_pid) {
+                    peak.fetch_max(rss, Relaxed);
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let publishing = {
+        let (publisher, source) = (publisher.clone(), source.clone());
+        tokio::spawn(async move { publish_at_rate(&publisher, &source, messages, rate).await })
+    };
+    sleep(Duration::from_secs_f64(o.kill_after_secs)).await;
+    own_gateways[0].kill();
+    let kill_ns = now_ns();
+    say!("replica 0 killed");
+    let line = format!(
+        "{}\n",
+        serde_json::to_string(&StormCommand::Killed { at_ns: kill_ns }).expect("serialises")
+    );
+    for stdin in &mut stdins {
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let outcome = publishing.await.map_err(|e| e.to_string())?;
+    say!("published {} ({} failed)", outcome.sent, outcome.failed);
+    let line = format!(
+        "{}\n",
+        serde_json::to_string(&StormCommand::Drain {
+            messages,
+            quiet_ms: o.quiet_ms
+        })
+        .expect("serialises")
+    );
+    for stdin in &mut stdins {
+        stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut total = StormReport::default();
+    for _ in 0..workers {
+        match events.recv().await {
+            Some((_, StormEvent::Report(r))) => {
+                total.opened += r.opened;
+                total.failed += r.failed;
+                total.disconnected += r.disconnected;
+                total.resumed += r.resumed;
+                total.resume_us.merge(&r.resume_us);
+                total.last_resume_ns = total.last_resume_ns.max(r.last_resume_ns);
+                total.expected += r.expected;
+                total.delivered += r.delivered;
+                total.lost += r.lost;
+                total.duplicated += r.duplicated;
+                total.out_of_order += r.out_of_order;
+                total.missed_frames += r.missed_frames;
+                total.misrouted += r.misrouted;
+                total.malformed += r.malformed;
+                for (k, n) in r.reconnect_failures {
+                    *total.reconnect_failures.entry(k).or_default() += n;
+                }
+                total
+                    .undisturbed_after_kill_us
+                    .merge(&r.undisturbed_after_kill_us);
+                total.before_kill_us.merge(&r.before_kill_us);
+            }
+            _ => return Err("a storm worker ended before it reported".into()),
+        }
+    }
+    sampling.abort();
+    drop(stdins);
+    for mut child in children {
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        let _ = child.kill().await;
+    }
+    let all_resumed_secs = (total.resumed > 0 && total.resumed == total.disconnected)
+        .then(|| round(total.last_resume_ns.saturating_sub(kill_ns) as f64 / 1e9, 3));
+    let clean = failed == 0
+        && outcome.failed == 0
+        && total.lost == 0
+        && total.duplicated == 0
+        && total.out_of_order == 0
+        && total.misrouted == 0
+        && total.resumed == total.disconnected;
+    if !clean {
+        let log = own_gateways[1].log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        say!("survivor's log (last {} lines):", tail.len());
+        for line in tail.iter().rev() {
+            eprintln!("    {line}");
+        }
+    }
+    say!(
+        "resumed {} of {} in {:?} s; lost {}, duplicated {}, out of order {}, missed frames {}",
+        total.resumed,
+        total.disconnected,
+        all_resumed_secs,
+        total.lost,
+        total.duplicated,
+        total.out_of_order,
+        total.missed_frames
+    );
+    Ok(json!({
+        "scenario": "storm",
+        "clean": clean,
+        "params": {
+            "sockets": users,
+            "replicas": 2,
+            "rate": rate,
+            "duration_secs": duration,
+            "kill_after_secs": o.kill_after_secs,
+            "jitter_ms": o.jitter_ms,
+            "workers": workers,
+            "auth": if o.jwt_secret.is_some() { "jwt" } else { "none" },
+            "gateway_env": o.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        },
+        "conditions": {
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "loadavg_at_start": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        },
+        "connect": { "ok": opened, "failed": failed },
+        "publish": { "sent": outcome.sent, "failed": outcome.failed, "first_error": outcome.first_error },
+        "resume": {
+            "disconnected": total.disconnected,
+            "resumed": total.resumed,
+            "all_resumed_secs": all_resumed_secs,
+            "ms_after_kill": millis(&total.resume_us),
+            "reconnect_failures": total.reconnect_failures,
+        },
+        "delivery": {
+            "expected": total.expected,
+            "delivered": total.delivered,
+            "lost": total.lost,
+            "duplicated": total.duplicated,
+            "out_of_order": total.out_of_order,
+            "missed_frames": total.missed_frames,
+            "misrouted": total.misrouted,
+            "malformed": total.malformed,
+            "latency_ms_undisturbed_after_kill": millis(&total.undisturbed_after_kill_us),
+            "latency_ms_before_kill": millis(&total.before_kill_us),
+        },
+        "survivor_rss_kib": { "before": rss_before, "peak": peak.load(Relaxed) },
+    }))
+}
