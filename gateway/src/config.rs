@@ -32,6 +32,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub bind: SocketAddr,
+    pub internal_bind: SocketAddr,
     pub workers: usize,
     pub drain_timeout_ms: u64,
     pub max_connections: usize,
@@ -318,13 +319,54 @@ impl Settings {
                 "must be between 1 and 2147483647",
             ));
         }
-        if self.publish.api_keys.iter().any(|k| k.len() < 16) {
+        self.validate_listeners()?;
+        self.validate_security()
+    }
+
+    /// The public and internal listeners, and the API keys that guard the internal one.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let (public, internal) = (self.server.bind, self.server.internal_bind);
+        let overlap = public.ip() == internal.ip()
+            || public.ip().is_unspecified()
+            || internal.ip().is_unspecified();
+        if public.port() == internal.port() && public.port() != 0 && overlap {
             return Err(invalid(
-                "publish.api_keys",
-                "every key must be at least 16 characters",
+                "server.internal_bind",
+                format!(
+                    "{internal} overlaps server.bind ({public}): the internal listener (publish \
+                     API, metrics, health) needs a port of its own"
+                ),
             ));
         }
-        self.validate_security()
+        for (n, key) in self.publish.api_keys.iter().enumerate() {
+            if key.len() < 16 {
+                return Err(invalid(
+                    "publish.api_keys",
+                    format!(
+                        "key {} is shorter than 16 characters; {}",
+                        n + 1,
+                        crate::secrets::GENERATE_HINT
+                    ),
+                ));
+            }
+            if let Some(problem) = crate::secrets::weakness(key) {
+                return Err(invalid(
+                    "publish.api_keys",
+                    format!("key {} {problem}", n + 1),
+                ));
+            }
+        }
+        if self.publish.api_keys.is_empty() && !internal.ip().is_loopback() {
+            return Err(invalid(
+                "publish.api_keys",
+                format!(
+                    "must list at least one key when server.internal_bind ({internal}) is not a \
+                     loopback address: anyone who reaches that port could publish otherwise; {}",
+                    crate::secrets::GENERATE_HINT
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `[auth]`, `[origin]`, the connection limits of `[server]` and `redis.ca_file`.
@@ -566,8 +608,9 @@ fn sentinel_addresses(list: &str) -> Vec<String> {
 pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
     if secret.len() < 32 {
         return Err(format!(
-            "must be at least 32 characters (256 bits) long, got {}",
-            secret.len()
+            "must be at least 32 characters (256 bits) long, got {}; {}",
+            secret.len(),
+            crate::secrets::GENERATE_HINT
         ));
     }
     // The environment parser turns numeric-looking values into numbers, which can change
@@ -579,7 +622,10 @@ pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
                 .into(),
         );
     }
-    Ok(())
+    match crate::secrets::weakness(secret) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
 }
 
 /// A refused value, named by its key.
@@ -645,7 +691,10 @@ mod tests {
             ("GW__REDIS__URL", "redis://127.0.0.1:7000"),
             ("GW__AUTH__MODE", "none"),
             ("GW__WS__MAX_FRAME_BYTES", "2048"),
-            ("GW__PUBLISH__API_KEYS", "aaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbb"),
+            (
+                "GW__PUBLISH__API_KEYS",
+                "6f1d8a3c9e2b7f40d5a1c8e3,b94e0c7a2f5d18e6a3c9b0f4",
+            ),
         ])
         .unwrap();
         assert_eq!(s.redis_url(), Some("redis://127.0.0.1:7000"));
@@ -671,6 +720,104 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("typo_key"), "{err}");
+    }
+
+    #[test]
+    fn the_internal_listener_is_loopback_and_apart_from_the_public_one() {
+        let s = Settings::defaults();
+        assert!(s.server.internal_bind.ip().is_loopback());
+        assert_ne!(s.server.internal_bind.port(), s.server.bind.port());
+        for (vars, key) in [
+            (
+                vec![("GW__SERVER__INTERNAL_BIND", "0.0.0.0:8080")],
+                "server.internal_bind",
+            ),
+            (
+                vec![
+                    ("GW__SERVER__BIND", "127.0.0.1:7000"),
+                    ("GW__SERVER__INTERNAL_BIND", "127.0.0.1:7000"),
+                ],
+                "server.internal_bind",
+            ),
+            // Not loopback: the publish API needs keys.
+            (
+                vec![("GW__SERVER__INTERNAL_BIND", "0.0.0.0:9091")],
+                "publish.api_keys",
+            ),
+        ] {
+            let err = with_env(&vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
+        let s = with_env(&[
+            ("GW__SERVER__INTERNAL_BIND", "0.0.0.0:9091"),
+            ("GW__PUBLISH__API_KEYS", "6f1d8a3c9e2b7f40d5a1c8e3b94e0c7a"),
+        ])
+        .unwrap();
+        assert_eq!(s.server.internal_bind.port(), 9091);
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_naming_the_key() {
+        let jwt = ("GW__AUTH__MODE", "jwt");
+        for (vars, key, why) in [
+            (
+                vec![
+                    jwt,
+                    ("GW__AUTH__HS256_SECRET", "replace-with-openssl-rand-hex-32"),
+                ],
+                "auth.hs256_secret",
+                "example value",
+            ),
+            (
+                vec![
+                    jwt,
+                    (
+                        "GW__AUTH__HS256_SECRET",
+                        "my-company-jwt-signing-secret-2024",
+                    ),
+                ],
+                "auth.hs256_secret",
+                "placeholder word",
+            ),
+            (
+                vec![
+                    jwt,
+                    ("GW__AUTH__HS256_SECRET", "abababababababababababababababab"),
+                ],
+                "auth.hs256_secret",
+                "too predictable",
+            ),
+            (
+                vec![("GW__PUBLISH__API_KEYS", "replace-with-openssl-rand-hex-24")],
+                "publish.api_keys",
+                "example value",
+            ),
+            (
+                vec![(
+                    "GW__PUBLISH__API_KEYS",
+                    "6f1d8a3c9e2b7f40d5a1c8e3b94e0c7a,CHANGEME-0a6f8b2d4e1c9a7f",
+                )],
+                "publish.api_keys",
+                "key 2 contains the placeholder word",
+            ),
+            (
+                vec![(
+                    "GW__PUBLISH__API_KEYS",
+                    "0123456789abcdefghijklmnopqrstuvwxyz",
+                )],
+                "publish.api_keys",
+                "sequences",
+            ),
+            (
+                vec![("GW__PUBLISH__API_KEYS", "9b1f0c4e7a2d")],
+                "publish.api_keys",
+                "shorter than 16",
+            ),
+        ] {
+            let err = with_env(&vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+            assert!(err.contains(why), "{vars:?}: {err}");
+        }
     }
 
     #[test]
@@ -753,7 +900,7 @@ mod tests {
 
     #[test]
     fn jwt_settings_are_checked_naming_the_key() {
-        let secret = "a-secret-of-at-least-32-characters-long";
+        let secret = "8c1f4e9a2d7b3f60e5a9c1d8b4f2e7a3";
         let ok = with_env(&[
             ("GW__AUTH__MODE", "jwt"),
             ("GW__AUTH__HS256_SECRET", secret),

@@ -27,7 +27,8 @@
 //!   token expiry, drain, slow consumers) and the close codes.
 //! - [`ws`]: the WebSocket upgrade handler and framing.
 //! - [`sse`]: the Server-Sent Events endpoint (`/sse/notifications/{user_id}/`) and framing.
-//! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`, the inbox).
+//! - [`http`]: routes of the public listener (WebSocket, SSE, inbox) and of the internal one
+//!   (`/api/publish`, `/metrics`, `/healthz`, `/readyz`).
 //! - [`metrics`]: counters rendered for Prometheus.
 //!
 //! Dependencies point one way: `http` → `ws`/`sse` → `session` → `subscriptions` → `hub`/`bus`; `state` and
@@ -45,6 +46,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod secrets;
 pub mod session;
 pub mod sse;
 pub mod state;
@@ -67,13 +69,37 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, SessionLimits};
 use crate::subscriptions::Subscriptions;
 
+/// The two listening sockets: `public` (`server.bind`: WebSockets and the inbox) and
+/// `internal` (`server.internal_bind`: publish API, metrics, health).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `settings.server`; the error names the key that failed.
+    pub fn bind(settings: &Settings) -> Result<Self, String> {
+        let server = &settings.server;
+        let public = bind(server.bind, server.backlog)
+            .map_err(|e| format!("cannot bind server.bind {}: {e}", server.bind))?;
+        let internal = bind(server.internal_bind, 1024).map_err(|e| {
+            format!(
+                "cannot bind server.internal_bind {}: {e}",
+                server.internal_bind
+            )
+        })?;
+        Ok(Listeners { public, internal })
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
-/// function returns within `server.drain_timeout_ms`.
+/// function returns within `server.drain_timeout_ms`. The internal listener answers (with
+/// `/readyz` reporting the drain) until the public one has drained.
 ///
 /// Must run inside an actix system (`#[actix_web::main]` or `actix_web::rt::System`).
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     // redis-rs builds its TLS client with rustls's process-wide default provider, which rustls
@@ -156,12 +182,14 @@ pub async fn run(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let address = listener.local_addr()?;
+    let address = listeners.public.local_addr()?;
+    let internal_address = listeners.internal.local_addr()?;
+    let internal_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .wrap(middleware::from_fn(http::limits::request_head))
-            .configure(http::routes)
+            .configure(http::public_routes)
     })
     // Slowloris: the whole request head within this time, or 408 and disconnect. actix-http
     // times only a connection's first request, so a second request trickled on a kept-alive
@@ -179,20 +207,55 @@ pub async fn run(
     .tcp_nodelay(true)
     .shutdown_timeout(drain.as_secs().max(1))
     .max_connections(settings.server.max_connections + 1024)
-    .listen(listener)?
+    .listen(listeners.public)?
+    .run();
+    // Short requests from backends, Prometheus and probes: one worker, the same head limits.
+    let internal = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(internal_state.clone()))
+            .wrap(middleware::from_fn(http::limits::request_head))
+            .configure(http::internal_routes)
+    })
+    .client_request_timeout(ms(settings.server.handshake_timeout_ms))
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
+    .workers(1)
+    .disable_signals()
+    .h1_allow_half_closed(false)
+    .shutdown_timeout(1)
+    .listen(listeners.internal)?
     .run();
     let handle = server.handle();
-    tracing::info!(%address, workers, "gateway listening");
+    let internal_handle = internal.handle();
+    tracing::info!(%address, workers, "gateway listening (public: WebSockets, inbox)");
+    tracing::info!(
+        address = %internal_address,
+        "internal listener (publish API, metrics, health)"
+    );
 
     let mut server = std::pin::pin!(server);
+    // Spawned, so that it keeps being polled (and answers its stop command) while this task
+    // waits on the public server.
+    let mut internal = actix_web::rt::spawn(internal);
     tokio::select! {
-        result = &mut server => return result,
+        result = &mut server => {
+            internal_handle.stop(false).await;
+            return result;
+        }
+        result = &mut internal => {
+            // The internal listener failed: stop serving altogether (the orchestrator
+            // restarts the process) rather than run without probes and metrics.
+            return result.map_err(std::io::Error::other).and_then(|served| served);
+        }
         _ = shutdown => {}
     }
     tracing::info!(deadline = ?drain, "draining: closing every socket with 1012");
     let _ = stop_tx.send(true);
     let stopping = handle.stop(true);
-    match tokio::time::timeout(drain, async { tokio::join!(stopping, &mut server).1 }).await {
+    let drained =
+        tokio::time::timeout(drain, async { tokio::join!(stopping, &mut server).1 }).await;
+    // Requests in flight (a publish) finish, within the internal server's 1 s.
+    internal_handle.stop(true).await;
+    match drained {
         Ok(result) => result,
         Err(_) => {
             tracing::warn!("drain deadline reached with connections still open; exiting");
@@ -243,8 +306,8 @@ fn warn_about_open_doors(settings: &Settings, gate: &auth::Gate) {
 }
 
 /// Runs the gateway on its own actix system until SIGTERM/SIGINT, then drains.
-pub fn serve(settings: Settings, listener: TcpListener) -> std::io::Result<()> {
-    actix_web::rt::System::new().block_on(run(settings, listener, shutdown_signal()))
+pub fn serve(settings: Settings, listeners: Listeners) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(run(settings, listeners, shutdown_signal()))
 }
 
 /// A URL safe to log: the password, if any, replaced.

@@ -57,6 +57,35 @@ pub fn free_port() -> u16 {
         .expect("binding an ephemeral port on 127.0.0.1")
 }
 
+/// Makes sure this process (and so the gateways it spawns) may open `needed` files: raises
+/// the soft RLIMIT_NOFILE up to the hard limit when it is lower, says what it did, and fails
+/// with the command to run when even the hard limit is too low.
+pub fn require_open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+    }
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "this test holds about {needed} open files; the hard limit is {hard}: raise it \
+         (`ulimit -Hn {needed}` as root, or LimitNOFILE) and run ./tests/run.sh, which raises \
+         the soft limit"
+    );
+    limit.rlim_cur = needed;
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    eprintln!("raised the open-file limit from {soft} to {needed} (hard limit {hard})");
+}
+
 pub fn require_program(name: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

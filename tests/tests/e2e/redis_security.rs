@@ -63,7 +63,7 @@ async fn a_least_privilege_acl_user_is_enough() {
     let gateway = Gateway::start(Some(&redis), &[("GW__REDIS__URL", url.as_str())]);
     let mut client = WsClient::connect(&gateway.ws_url("52")).await;
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":52,"type":"info","message":"through the ACL user"}"#,
@@ -81,7 +81,7 @@ async fn a_least_privilege_acl_user_is_enough() {
     // History reads work under it too: a resume replays, the inbox API pages.
     let first_id = first["id"].as_str().expect("notifications carry their id");
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":52,"type":"info","message":"missed"}"#,
@@ -117,7 +117,7 @@ async fn redis_over_tls_with_a_private_ca() {
     );
     assert_eq!(client.next_json().await["message"], "note 4");
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":53,"type":"info","message":"over TLS"}"#,

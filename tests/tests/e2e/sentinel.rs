@@ -229,7 +229,7 @@ async fn readiness_follows_whether_a_master_is_reachable() {
     assert_eq!(client.next_json().await["message"], "note 1");
 }
 
-const API_KEY: &str = "sentinel-publish-key-0123456789";
+const API_KEY: &str = "e5b2d8f1a4c7093e6b1d4f8a2c5e9b07";
 
 #[tokio::test]
 async fn every_publishing_path_takes_the_sentinel_setting() {
@@ -248,7 +248,7 @@ async fn every_publishing_path_takes_the_sentinel_setting() {
     // POST /api/publish on a gateway configured with redis.sentinels
     let auth = format!("Bearer {API_KEY}");
     let (status, answer) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[("Authorization", &auth)],
         r#"{"user": 42, "type": "info", "message": "from the API"}"#,

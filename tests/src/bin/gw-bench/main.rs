@@ -68,6 +68,8 @@ Options:
   --quiet-ms MS          a worker reports once nothing arrived for this long (default 3000)
   --gateway ADDR[,ADDR]  use running gateways instead of starting them (needs --redis)
   --gateway-pid PID[,..] their pids, for memory and CPU figures
+  --gateway-internal ADDR[,ADDR]  their internal listeners (server.internal_bind), for the
+                         gateways' own socket count from /metrics
   --redis URL            use this Redis instead of starting one
   --user-base N          first user id (default 1000000)
   --auth jwt|none        jwt (default, production): the gateways verify an HS256 access token
@@ -176,6 +178,7 @@ struct Options {
     quiet_ms: u64,
     gateways: Vec<SocketAddr>,
     gateway_pids: Vec<u32>,
+    gateway_internals: Vec<SocketAddr>,
     redis_url: Option<String>,
     user_base: u64,
     gateway_env: Vec<(String, String)>,
@@ -207,6 +210,7 @@ impl Options {
             quiet_ms: 3000,
             gateways: Vec::new(),
             gateway_pids: Vec::new(),
+            gateway_internals: Vec::new(),
             redis_url: None,
             user_base: 1_000_000,
             gateway_env: Vec::new(),
@@ -296,6 +300,7 @@ impl Options {
                 "--quiet-ms" => o.quiet_ms = num(flag, v)?,
                 "--gateway" => o.gateways = list(flag, v)?,
                 "--gateway-pid" => o.gateway_pids = list(flag, v)?,
+                "--gateway-internal" => o.gateway_internals = list(flag, v)?,
                 "--redis" => o.redis_url = Some(v.to_owned()),
                 "--user-base" => o.user_base = num(flag, v)?,
                 "--auth" => {
@@ -425,6 +430,8 @@ struct Stage {
     redis_conn: redis::Connection,
     publish_only: bool,
     targets: Vec<SocketAddr>,
+    /// Their internal listeners, where /metrics answers (empty when not known).
+    internals: Vec<SocketAddr>,
     pids: Vec<u32>,
 }
 
@@ -463,6 +470,12 @@ fn stage(o: &Options) -> Result<Stage, String> {
     } else {
         own_gateways.iter().map(|g| g.addr).collect()
     };
+    // /metrics answers on the internal listener.
+    let internals: Vec<SocketAddr> = if own_gateways.is_empty() {
+        o.gateway_internals.clone()
+    } else {
+        own_gateways.iter().map(|g| g.internal).collect()
+    };
     let pids: Vec<u32> = if own_gateways.is_empty() {
         o.gateway_pids.clone()
     } else {
@@ -476,6 +489,7 @@ fn stage(o: &Options) -> Result<Stage, String> {
         redis_conn,
         publish_only,
         targets,
+        internals,
         pids,
     })
 }
@@ -556,6 +570,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
         mut redis_conn,
         publish_only,
         targets,
+        internals,
         pids,
     } = stage(&o)?;
     let Sizes {
@@ -675,7 +690,11 @@ async fn conduct(o: Options) -> Result<Value, String> {
         "{ok} sockets open, {failed} failed, in {ramp_secs:.2} s ({:.0}/s)",
         ok as f64 / ramp_secs.max(1e-9)
     );
-    let gateway_count: Option<u64> = targets.iter().map(|&a| sockets_open(a)).sum();
+    let gateway_count: Option<u64> = if internals.is_empty() {
+        None
+    } else {
+        internals.iter().map(|&a| sockets_open(a)).sum()
+    };
 
     let mut at_hold = None;
     if o.hold_secs > 0.0 {
