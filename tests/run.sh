@@ -102,6 +102,9 @@ if [ ${#skip_args[@]} -gt 0 ]; then
 fi
 cargo test --workspace --locked "${test_args[@]}"
 
+# The browser client's unit tests and the Chromium tests (uses the gateway-e2e binary just built).
+./tests/js.sh
+
 # The Python client (clients/python) in a virtualenv of its own.
 ./tests/python.sh
 

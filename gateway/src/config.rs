@@ -23,9 +23,12 @@ pub struct Settings {
     pub sse: SseSettings,
     pub history: HistorySettings,
     pub publish: PublishSettings,
+    pub schedule: ScheduleSettings,
+    pub presence: PresenceSettings,
     pub auth: AuthSettings,
     pub origin: OriginSettings,
     pub log: LogSettings,
+    pub demo: DemoSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +105,23 @@ pub struct PublishSettings {
     pub api_keys: Vec<String>,
 }
 
+/// `[schedule]`: scheduled notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    pub poll_interval_ms: u64,
+    pub batch: usize,
+    pub max_lateness_ms: u64,
+}
+
+/// `[presence]`: socket counts across the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSettings {
+    pub heartbeat_ms: u64,
+    pub ttl_ms: u64,
+}
+
 /// Who may open a user's socket; see `[auth]` in `config.default.toml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum AuthMode {
@@ -170,6 +190,45 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+}
+
+/// `demo.enabled`: the demo page at `/` (see `crate::http::demo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoSwitch {
+    /// On in single-node mode, off when scaled out.
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for DemoSwitch {
+    /// `"auto"`, or a boolean (`true`/`false`, as TOML booleans or as the environment's text).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(true) => Ok(DemoSwitch::On),
+            Raw::Bool(false) => Ok(DemoSwitch::Off),
+            Raw::Text(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "auto" => Ok(DemoSwitch::Auto),
+                "true" => Ok(DemoSwitch::On),
+                "false" => Ok(DemoSwitch::Off),
+                _ => Err(serde::de::Error::custom(format!(
+                    "demo.enabled must be \"auto\", true or false, not {text:?}"
+                ))),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSettings {
+    pub enabled: DemoSwitch,
 }
 
 /// A configuration that cannot be used; the message names the offending key.
@@ -317,6 +376,24 @@ impl Settings {
             return Err(invalid(
                 "server.backlog",
                 "must be between 1 and 2147483647",
+            ));
+        }
+        if self.schedule.poll_interval_ms == 0 {
+            return Err(invalid(
+                "schedule.poll_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.schedule.batch == 0 {
+            return Err(invalid("schedule.batch", "must be at least 1"));
+        }
+        if self.presence.heartbeat_ms == 0 {
+            return Err(invalid("presence.heartbeat_ms", "must be greater than 0"));
+        }
+        if self.presence.ttl_ms < 2 * self.presence.heartbeat_ms {
+            return Err(invalid(
+                "presence.ttl_ms",
+                "must be at least twice presence.heartbeat_ms",
             ));
         }
         self.validate_listeners()?;
@@ -502,6 +579,15 @@ impl Settings {
         Some(self.redis.url.trim()).filter(|u| !u.is_empty())
     }
 
+    /// Whether the demo page is served: `demo.enabled`, where `auto` means single-node mode.
+    pub fn demo_enabled(&self) -> bool {
+        match self.demo.enabled {
+            DemoSwitch::Auto => self.redis_topology().is_none(),
+            DemoSwitch::On => true,
+            DemoSwitch::Off => false,
+        }
+    }
+
     /// The Redis the node subscribes through; `None` in single-node mode.
     pub fn redis_topology(&self) -> Option<RedisTopology> {
         if let Some(url) = self.redis_url() {
@@ -683,6 +769,33 @@ mod tests {
             s.ws.ping_interval_ms < 60_000,
             "below nginx's default proxy_read_timeout"
         );
+    }
+
+    #[test]
+    fn the_demo_page_is_on_in_single_node_mode_only_unless_chosen() {
+        assert!(with_env(&[]).unwrap().demo_enabled());
+        let scaled = [
+            ("GW__REDIS__URL", "redis://127.0.0.1:7000"),
+            ("GW__AUTH__MODE", "none"),
+        ];
+        assert!(!with_env(&scaled).unwrap().demo_enabled());
+        for (value, on) in [
+            ("true", true),
+            ("false", false),
+            ("auto", false),
+            ("TRUE", true),
+        ] {
+            let mut vars = scaled.to_vec();
+            vars.push(("GW__DEMO__ENABLED", value));
+            assert_eq!(with_env(&vars).unwrap().demo_enabled(), on, "{value}");
+        }
+        assert!(!with_env(&[("GW__DEMO__ENABLED", "false")])
+            .unwrap()
+            .demo_enabled());
+        let err = with_env(&[("GW__DEMO__ENABLED", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("demo.enabled"), "{err}");
     }
 
     #[test]

@@ -27,9 +27,12 @@
 //!   token expiry, drain, slow consumers) and the close codes.
 //! - [`ws`]: the WebSocket upgrade handler and framing.
 //! - [`sse`]: the Server-Sent Events endpoint (`/sse/notifications/{user_id}/`) and framing.
-//! - [`http`]: routes of the public listener (WebSocket, SSE, inbox) and of the internal one
-//!   (`/api/publish`, `/metrics`, `/healthz`, `/readyz`).
+//! - [`http`]: routes of the public listener (WebSocket, SSE, inbox, the demo page at `/` with
+//!   the browser client of `clients/js`) and of the internal one (`/api/publish`,
+//!   `/api/schedule`, `/api/presence`, `/metrics`, `/healthz`, `/readyz`).
 //! - [`metrics`]: counters rendered for Prometheus.
+//! - [`schedule`]: scheduled notifications (fired from Redis by every node, or in memory);
+//!   [`presence`]: this node's socket counts, reported to Redis for fleet-wide presence.
 //!
 //! Dependencies point one way: `http` → `ws`/`sse` → `session` → `subscriptions` → `hub`/`bus`; `state` and
 //! `error` are used by both `http` and `ws`; `config` and `auth` meet only in `net`.
@@ -46,6 +49,8 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod presence;
+pub mod schedule;
 pub mod secrets;
 pub mod session;
 pub mod sse;
@@ -118,7 +123,8 @@ pub async fn run(
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let bus: Arc<dyn Bus> = match settings.redis_topology() {
+    let presence = Arc::new(presence::Presence::new());
+    let (bus, scheduler): (Arc<dyn Bus>, schedule::Scheduler) = match settings.redis_topology() {
         Some(topology) => {
             let bus = RedisBus::start(
                 &settings.redis,
@@ -145,7 +151,22 @@ pub async fn run(
                     "scaled-out mode: subscribing through the Redis master the sentinels name"
                 ),
             }
-            Arc::new(bus)
+            let background = bus.background_publisher();
+            tokio::spawn(schedule::fire_loop(
+                background.clone(),
+                settings.schedule.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(presence.clone().run(
+                background,
+                ms(settings.presence.heartbeat_ms),
+                ms(settings.presence.ttl_ms),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            let requests = bus.publisher();
+            (Arc::new(bus), schedule::Scheduler::Redis(requests))
         }
         None => {
             tracing::warn!(
@@ -153,21 +174,33 @@ pub async fn run(
                  bus; run one replica only (set GW__REDIS__URL to scale out)"
             );
             let history = MemoryHistory::new(settings.history.max_len, settings.history.max_age_ms);
-            Arc::new(MemoryBus::new(
+            let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(
                 hub.clone(),
                 history,
                 settings.redis.max_payload_bytes,
                 settings.history.max_age_ms,
-            ))
+            ));
+            // Scheduled notifications in memory: they do not survive a restart.
+            let memory = Arc::new(schedule::MemorySchedule::default());
+            tokio::spawn(memory.clone().run(
+                bus.clone(),
+                settings.schedule.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            (bus, schedule::Scheduler::Memory(memory))
         }
     };
 
-    let subscriptions = Arc::new(Subscriptions::new(
-        hub.clone(),
-        bus.clone(),
-        ms(settings.ws.unsubscribe_linger_ms),
-        ms(settings.redis.subscribe_timeout_ms),
-    ));
+    let subscriptions = Arc::new(
+        Subscriptions::new(
+            hub.clone(),
+            bus.clone(),
+            ms(settings.ws.unsubscribe_linger_ms),
+            ms(settings.redis.subscribe_timeout_ms),
+        )
+        .with_presence(presence.clone()),
+    );
     let state = AppState {
         limits: SessionLimits::new(&settings.ws, &settings.sse, &settings.history),
         settings: settings.clone(),
@@ -176,6 +209,8 @@ pub async fn run(
         metrics,
         gate,
         shutdown: stop_rx,
+        scheduler: Arc::new(scheduler),
+        presence,
     };
     let drain = ms(settings.server.drain_timeout_ms);
     let workers = match settings.server.workers {
@@ -185,11 +220,27 @@ pub async fn run(
     let address = listeners.public.local_addr()?;
     let internal_address = listeners.internal.local_addr()?;
     let internal_state = state.clone();
+    let demo = settings
+        .demo_enabled()
+        .then(|| http::demo::DemoPage::new(&settings));
+    if demo.is_some() {
+        let host = if address.ip().is_unspecified() {
+            format!("localhost:{}", address.port())
+        } else {
+            address.to_string()
+        };
+        tracing::info!("demo page on: open http://{host}/ (demo.enabled)");
+    }
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .wrap(middleware::from_fn(http::limits::request_head))
             .configure(http::public_routes)
+            .configure(|cfg| {
+                if let Some(page) = &demo {
+                    http::demo::routes(cfg, page.clone());
+                }
+            })
     })
     // Slowloris: the whole request head within this time, or 408 and disconnect. actix-http
     // times only a connection's first request, so a second request trickled on a kept-alive

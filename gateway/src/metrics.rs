@@ -82,6 +82,9 @@ pub struct Metrics {
     pub redis_reconnects_total: AtomicU64,
     pub redis_connected: AtomicU64,
     pub upgrades_refused_total: AtomicU64,
+    pub scheduled_fired_total: AtomicU64,
+    pub scheduled_dropped_total: AtomicU64,
+    pub presence_beat_failures_total: AtomicU64,
     auth_refused: [AtomicU64; AuthError::CODES.len()],
     /// Per [`TransportKind`].
     connections_open: [AtomicU64; 2],
@@ -193,6 +196,24 @@ impl Metrics {
             "counter",
             "WebSocket upgrades and SSE requests refused (bad id, limits, shutdown).",
             self.upgrades_refused_total.load(Relaxed),
+        );
+        line(
+            "gateway_scheduled_fired_total",
+            "counter",
+            "Scheduled notifications this node fired (published when due).",
+            self.scheduled_fired_total.load(Relaxed),
+        );
+        line(
+            "gateway_scheduled_dropped_total",
+            "counter",
+            "Scheduled notifications this node dropped: later than schedule.max_lateness_ms, or unreadable.",
+            self.scheduled_dropped_total.load(Relaxed),
+        );
+        line(
+            "gateway_presence_beat_failures_total",
+            "counter",
+            "Presence heartbeats that did not reach Redis.",
+            self.presence_beat_failures_total.load(Relaxed),
         );
 
         let name = "gateway_connections_open";

@@ -9,6 +9,8 @@ use crate::auth::Gate;
 use crate::bus::Bus;
 use crate::config::{ms, HistorySettings, Settings, SseSettings, WsSettings};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::schedule::Scheduler;
 use crate::subscriptions::Subscriptions;
 
 /// What every handler and socket task shares; cheap to clone.
@@ -24,6 +26,10 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     /// Turns true once when the node starts draining.
     pub shutdown: watch::Receiver<bool>,
+    /// Scheduled notifications and fleet-wide presence questions.
+    pub scheduler: Arc<Scheduler>,
+    /// This node's socket counts per user.
+    pub presence: Arc<Presence>,
 }
 
 /// A socket task's timers and bounds, converted from the settings once.

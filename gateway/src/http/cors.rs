@@ -1,5 +1,6 @@
 //! CORS for the inbox (`GET /api/notifications/{user_id}`), so that a front end on another
-//! origin can read it with `fetch`: only origins of `origin.allowed` (the same list, and the
+//! origin can read it with `fetch`, and for the socket path, so that the browser client's
+//! probe (a plain GET of the socket URL after a refused upgrade) can read why: only origins of `origin.allowed` (the same list, and the
 //! same matching, as the WebSocket Origin check) get `Access-Control-Allow-Origin`, echoed
 //! back, never `*`. With the list empty no origin is allowed to read cross-origin.
 //!

@@ -2,9 +2,11 @@
 //! error answer in [`crate::error`].
 
 mod cors;
+pub mod demo;
 mod history;
 pub mod limits;
 mod publish;
+mod schedule;
 
 use actix_web::http::Method;
 use actix_web::{middleware, web, HttpResponse};
@@ -16,24 +18,33 @@ use crate::{sse, ws};
 
 /// The public listener (`server.bind`): what browsers reach through the reverse proxy.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ws/notifications/{user_id}", web::get().to(ws::upgrade))
-        .route("/ws/notifications/{user_id}/", web::get().to(ws::upgrade))
-        .route("/sse/notifications/{user_id}", web::get().to(sse::stream))
-        .route("/sse/notifications/{user_id}/", web::get().to(sse::stream))
-        .route(
-            "/sse/notifications/{user_id}",
-            web::method(Method::OPTIONS).to(sse::preflight),
-        )
-        .route(
-            "/sse/notifications/{user_id}/",
-            web::method(Method::OPTIONS).to(sse::preflight),
-        )
-        .service(
-            web::resource("/api/notifications/{user_id}")
-                .wrap(middleware::from_fn(cors::inbox_headers))
-                .route(web::get().to(history::notifications))
-                .route(web::method(Method::OPTIONS).to(cors::preflight)),
-        );
+    // The socket path answers CORS like the inbox: a page of an allowed origin can read why
+    // its upgrade would be refused (the browser client's probe, docs/PROTOCOL.md).
+    cfg.service(
+        web::resource([
+            "/ws/notifications/{user_id}",
+            "/ws/notifications/{user_id}/",
+        ])
+        .wrap(middleware::from_fn(cors::inbox_headers))
+        .route(web::get().to(ws::upgrade))
+        .route(web::method(Method::OPTIONS).to(cors::preflight)),
+    )
+    .route("/sse/notifications/{user_id}", web::get().to(sse::stream))
+    .route("/sse/notifications/{user_id}/", web::get().to(sse::stream))
+    .route(
+        "/sse/notifications/{user_id}",
+        web::method(Method::OPTIONS).to(sse::preflight),
+    )
+    .route(
+        "/sse/notifications/{user_id}/",
+        web::method(Method::OPTIONS).to(sse::preflight),
+    )
+    .service(
+        web::resource("/api/notifications/{user_id}")
+            .wrap(middleware::from_fn(cors::inbox_headers))
+            .route(web::get().to(history::notifications))
+            .route(web::method(Method::OPTIONS).to(cors::preflight)),
+    );
 }
 
 /// The internal listener (`server.internal_bind`): the server-to-server API, metrics and
@@ -42,7 +53,10 @@ pub fn internal_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/api/publish", web::post().to(publish::publish));
+        .route("/api/publish", web::post().to(publish::publish))
+        .route("/api/schedule", web::post().to(schedule::schedule))
+        .route("/api/schedule/{key}", web::delete().to(schedule::cancel))
+        .route("/api/presence", web::post().to(schedule::presence));
 }
 
 /// The process is alive and serving HTTP.

@@ -40,6 +40,9 @@ use subscriber::{Subscriber, Timing};
 pub struct RedisBus {
     shared: Arc<Shared>,
     publisher: Publisher,
+    /// One connection of its own for the node's background loops (scheduled notifications,
+    /// presence heartbeats), so that they never grow the pool requests use.
+    background: Publisher,
     history: HistoryReader,
 }
 
@@ -104,6 +107,11 @@ impl RedisBus {
             ..PublisherOptions::default()
         };
         let (connector, publisher) = connection::open(settings, topology, options)?;
+        let background_options = PublisherOptions {
+            pool_size: 1,
+            ..options
+        };
+        let (_, background) = connection::open(settings, topology, background_options)?;
         let reader = HistoryReader {
             publisher: publisher.clone(),
             timeout: ms(history.read_timeout_ms),
@@ -139,8 +147,23 @@ impl RedisBus {
         Ok(RedisBus {
             shared,
             publisher,
+            background,
             history: reader,
         })
+    }
+}
+
+impl RedisBus {
+    /// The pooled publisher this bus publishes and reads history with (the scheduling and
+    /// presence endpoints share it).
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// A publisher on one connection of its own, for the node's background loops: firing
+    /// scheduled notifications and presence heartbeats.
+    pub fn background_publisher(&self) -> Publisher {
+        self.background.clone()
     }
 }
 
