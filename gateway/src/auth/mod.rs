@@ -189,9 +189,10 @@ impl Gate {
         )
     }
 
-    /// Whether `origin` may read answers (CORS): the Origin check alone.
+    /// Whether a page of `origin` may read answers cross-origin (CORS): only an origin that
+    /// `origin.allowed` lists; with the list empty, none (as for the inbox).
     pub fn allows_origin(&self, origin: &str) -> bool {
-        self.origins.check(Some(origin)).is_ok()
+        self.origins.is_enforced() && self.origins.check(Some(origin)).is_ok()
     }
 
     /// May this HTTP API request read `user`'s data (`GET /api/notifications/{user}`)? The

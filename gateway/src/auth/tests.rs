@@ -456,3 +456,18 @@ fn form_decode(value: &str) -> String {
         .map(|q| q.into_inner().pop().map(|(_, v)| v).unwrap_or_default())
         .unwrap_or_default()
 }
+
+#[test]
+fn only_listed_origins_may_read_event_streams_cross_origin() {
+    let mut s = settings();
+    assert!(
+        !gate(&s).allows_origin("https://app.example.com"),
+        "an empty list lets no other origin read a stream, as for the inbox"
+    );
+    s.origin.allowed = vec!["https://*.example.com".into()];
+    s.parse_lists().unwrap();
+    let gate = gate(&s);
+    assert!(gate.allows_origin("https://app.example.com"));
+    assert!(!gate.allows_origin("https://example.com.evil.net"));
+    assert!(!gate.allows_origin("null"));
+}

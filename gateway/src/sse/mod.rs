@@ -26,6 +26,7 @@ use publisher::wire::StreamId;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::auth::Gate;
 use crate::error::ApiError;
 use crate::hub::Frame;
 use crate::metrics::TransportKind;
@@ -134,9 +135,14 @@ fn last_event_id(req: &HttpRequest) -> Result<Option<StreamId>, ApiError> {
     value.parse().map(Some).map_err(ApiError::InvalidLastId)
 }
 
-/// CORS for an allowed page: it may read the stream, with credentials.
-fn allow_origin(response: &mut HttpResponseBuilder, req: &HttpRequest) {
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
+/// CORS for a page of an origin `origin.allowed` lists: it may read the stream, with
+/// credentials (`EventSource`'s `withCredentials`; no cookie ever authenticates a stream).
+fn allow_origin(response: &mut HttpResponseBuilder, req: &HttpRequest, gate: &Gate) {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| o.to_str().is_ok_and(|o| gate.allows_origin(o)));
+    if let Some(origin) = origin {
         response
             .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()))
             .insert_header((
@@ -201,7 +207,7 @@ pub async fn stream(
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
         // nginx (and proxies that follow it) must pass each event on at once.
         .insert_header(("x-accel-buffering", HeaderValue::from_static("no")));
-    allow_origin(&mut response, &req);
+    allow_origin(&mut response, &req, &state.gate);
     let body = futures_util::stream::poll_fn(move |cx| {
         events
             .poll_recv(cx)
@@ -222,7 +228,7 @@ pub async fn preflight(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
         return HttpResponse::Forbidden().finish();
     }
     let mut response = HttpResponse::NoContent();
-    allow_origin(&mut response, &req);
+    allow_origin(&mut response, &req, &state.gate);
     response
         .insert_header((
             header::ACCESS_CONTROL_ALLOW_METHODS,
