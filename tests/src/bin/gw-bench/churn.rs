@@ -45,12 +45,17 @@ pub async fn run(o: Options) -> Result<Value, String> {
         own_gateways,
         redis_url,
         targets,
+        internals,
         pids,
         ..
     } = stage(&o)?;
     let _own = (&own_redis, &own_gateways);
     let (Some(&target), Some(&pid)) = (targets.first(), pids.first()) else {
         return Err("churn needs one gateway and its pid (--gateway-pid)".into());
+    };
+    // /metrics answers on the internal listener.
+    let Some(&metrics_at) = internals.first() else {
+        return Err("churn reads the gateway's /metrics: pass --gateway-internal".into());
     };
     let per_round = match o.sockets {
         SocketCount::Exactly(n) if n > 0 => n,
@@ -79,7 +84,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         let first_user = o.user_base + r * per_round;
         // A source address per round: the client side's ports never run short.
         let source = Ipv4Addr::new(127, 0, 1, 10 + (r % 200) as u8);
-        let round = one_round(&o, &publisher, target, source, first_user, per_round).await?;
+        let round = one_round(&o, &publisher, target, metrics_at, source, first_user, per_round).await?;
         let round = finish(round, pid, baseline.1.map(|n| n + FD_SLACK)).await;
         say!(
             "round {}: {} open, {} failed, {} received, {} missed; RSS {:?} KiB, {:?} files ({:.1} s)",
@@ -162,6 +167,7 @@ async fn one_round(
     o: &Options,
     publisher: &Publisher,
     target: SocketAddr,
+    metrics_at: SocketAddr,
     source: Ipv4Addr,
     first_user: u64,
     count: u64,
@@ -249,11 +255,11 @@ async fn one_round(
     ))
     .await;
     let deadline = Instant::now() + STEP;
-    while sockets_open(target) != Some(0) {
+    while sockets_open(metrics_at) != Some(0) {
         if Instant::now() > deadline {
             return Err(format!(
                 "the gateway still counts {:?} open sockets {STEP:?} after the round closed them",
-                sockets_open(target)
+                sockets_open(metrics_at)
             ));
         }
         sleep(Duration::from_millis(20)).await;
