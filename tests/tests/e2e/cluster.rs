@@ -674,8 +674,31 @@ async fn a_manual_failover_that_keeps_the_old_master_alive_is_followed_too() {
         if missed == 0 {
             counts.lost += lost;
         }
+        if lost > 0 {
+            let gone: Vec<u64> = acknowledged[id]
+                .iter()
+                .filter(|n| !seen.contains(n))
+                .copied()
+                .collect();
+            eprintln!(
+                "user {id} (slot {}) lost {gone:?}",
+                cluster.keyslot(&format!("user_{id}"))
+            );
+        }
     }
     eprintln!("cluster switchover {old} -> {new}: {counts:?}");
+    if counts.lost > 0 {
+        for g in &gateways {
+            eprintln!(
+                "{}",
+                g.log()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("INFO"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
     assert_eq!(
         counts.lost, 0,
         "acknowledged notifications vanished: {counts:?}"
