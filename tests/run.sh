@@ -6,6 +6,38 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# aws-lc-sys (TLS, JWT crypto) compiles C during the build.
+./tests/install-c-compiler.sh
+
+# The flood test (hostile::a_flood_of_failed_handshakes_and_half_open_connections_leaves_no_trace)
+# holds about 2,000 sockets across the test process and its gateway, and load tests more:
+# raise the open-file limit towards the hard limit (at most 20,000), and say what it is.
+hard_nofile=$(ulimit -Hn)
+wanted_nofile=20000
+if [ "$hard_nofile" != unlimited ] && [ "$hard_nofile" -lt "$wanted_nofile" ]; then
+  wanted_nofile=$hard_nofile
+fi
+if [ "$(ulimit -Sn)" -lt "$wanted_nofile" ]; then
+  ulimit -Sn "$wanted_nofile"
+fi
+echo "open-file limit for the tests: $(ulimit -Sn) (hard limit $hard_nofile)"
+
+# Tests that need privileges this machine may lack are skipped here, loudly, with the
+# reason, rather than passing without running. The mount-namespace check of the nginx
+# config compose mounts needs CAP_SYS_ADMIN (root in CI).
+skipped=()
+skip_args=()
+if ! unshare --mount --fork true >/dev/null 2>&1; then
+  skipped+=("deploy::nginx_accepts_the_exact_config_compose_mounts: needs CAP_SYS_ADMIN to create a mount namespace (run as root)")
+  skip_args+=(--skip deploy::nginx_accepts_the_exact_config_compose_mounts)
+fi
+report_skipped() {
+  for reason in "${skipped[@]}"; do
+    echo "SKIPPED $reason" >&2
+  done
+}
+report_skipped
+
 # program -> Debian package that provides it
 needed=(
   redis-server:redis-server
@@ -58,8 +90,24 @@ fi
 
 # node-redis for the Node.js snippets of docs/PROTOCOL.md that the end-to-end tests run.
 ./tests/node.sh
+# Chromium and playwright-core for the EventSource test of tests/tests/e2e/sse.rs.
+./tests/sse-browser.sh
 
-cargo test --workspace --locked "$@"
+# The skip filters go to the test binaries, after a `--` (added unless the caller gave one).
+test_args=("$@")
+if [ ${#skip_args[@]} -gt 0 ]; then
+  case " $* " in
+    *" -- "*) test_args+=("${skip_args[@]}") ;;
+    *) test_args+=(-- "${skip_args[@]}") ;;
+  esac
+fi
+cargo test --workspace --locked "${test_args[@]}"
+
+# The browser client's unit tests and the Chromium tests (uses the gateway-e2e binary just built).
+./tests/js.sh
 
 # The Python client (clients/python) in a virtualenv of its own.
 ./tests/python.sh
+
+# Said again at the end, where it is seen.
+report_skipped

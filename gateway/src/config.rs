@@ -20,17 +20,22 @@ pub struct Settings {
     pub server: ServerSettings,
     pub redis: RedisSettings,
     pub ws: WsSettings,
+    pub sse: SseSettings,
     pub history: HistorySettings,
     pub publish: PublishSettings,
+    pub schedule: ScheduleSettings,
+    pub presence: PresenceSettings,
     pub auth: AuthSettings,
     pub origin: OriginSettings,
     pub log: LogSettings,
+    pub demo: DemoSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub bind: SocketAddr,
+    pub internal_bind: SocketAddr,
     pub workers: usize,
     pub drain_timeout_ms: u64,
     pub max_connections: usize,
@@ -77,6 +82,14 @@ pub struct WsSettings {
     pub unsubscribe_linger_ms: u64,
 }
 
+/// The Server-Sent Events endpoint; its queue, write timeout and linger are `[ws]`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseSettings {
+    pub heartbeat_interval_ms: u64,
+    pub retry_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistorySettings {
@@ -91,6 +104,23 @@ pub struct HistorySettings {
 #[serde(deny_unknown_fields)]
 pub struct PublishSettings {
     pub api_keys: Vec<String>,
+}
+
+/// `[schedule]`: scheduled notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    pub poll_interval_ms: u64,
+    pub batch: usize,
+    pub max_lateness_ms: u64,
+}
+
+/// `[presence]`: socket counts across the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSettings {
+    pub heartbeat_ms: u64,
+    pub ttl_ms: u64,
 }
 
 /// Who may open a user's socket; see `[auth]` in `config.default.toml`.
@@ -161,6 +191,45 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+}
+
+/// `demo.enabled`: the demo page at `/` (see `crate::http::demo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoSwitch {
+    /// On in single-node mode, off when scaled out.
+    Auto,
+    On,
+    Off,
+}
+
+impl<'de> Deserialize<'de> for DemoSwitch {
+    /// `"auto"`, or a boolean (`true`/`false`, as TOML booleans or as the environment's text).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(true) => Ok(DemoSwitch::On),
+            Raw::Bool(false) => Ok(DemoSwitch::Off),
+            Raw::Text(text) => match text.trim().to_ascii_lowercase().as_str() {
+                "auto" => Ok(DemoSwitch::Auto),
+                "true" => Ok(DemoSwitch::On),
+                "false" => Ok(DemoSwitch::Off),
+                _ => Err(serde::de::Error::custom(format!(
+                    "demo.enabled must be \"auto\", true or false, not {text:?}"
+                ))),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSettings {
+    pub enabled: DemoSwitch,
 }
 
 /// A configuration that cannot be used; the message names the offending key.
@@ -249,6 +318,15 @@ impl Settings {
         if self.ws.write_timeout_ms == 0 {
             return Err(invalid("ws.write_timeout_ms", "must be greater than 0"));
         }
+        if self.sse.heartbeat_interval_ms == 0 {
+            return Err(invalid(
+                "sse.heartbeat_interval_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.sse.retry_ms == 0 {
+            return Err(invalid("sse.retry_ms", "must be greater than 0"));
+        }
         if self.redis.reconnect_min_ms == 0
             || self.redis.reconnect_min_ms > self.redis.reconnect_max_ms
         {
@@ -302,13 +380,72 @@ impl Settings {
                 "must be between 1 and 2147483647",
             ));
         }
-        if self.publish.api_keys.iter().any(|k| k.len() < 16) {
+        if self.schedule.poll_interval_ms == 0 {
             return Err(invalid(
-                "publish.api_keys",
-                "every key must be at least 16 characters",
+                "schedule.poll_interval_ms",
+                "must be greater than 0",
             ));
         }
+        if self.schedule.batch == 0 {
+            return Err(invalid("schedule.batch", "must be at least 1"));
+        }
+        if self.presence.heartbeat_ms == 0 {
+            return Err(invalid("presence.heartbeat_ms", "must be greater than 0"));
+        }
+        if self.presence.ttl_ms < 2 * self.presence.heartbeat_ms {
+            return Err(invalid(
+                "presence.ttl_ms",
+                "must be at least twice presence.heartbeat_ms",
+            ));
+        }
+        self.validate_listeners()?;
         self.validate_security()
+    }
+
+    /// The public and internal listeners, and the API keys that guard the internal one.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let (public, internal) = (self.server.bind, self.server.internal_bind);
+        let overlap = public.ip() == internal.ip()
+            || public.ip().is_unspecified()
+            || internal.ip().is_unspecified();
+        if public.port() == internal.port() && public.port() != 0 && overlap {
+            return Err(invalid(
+                "server.internal_bind",
+                format!(
+                    "{internal} overlaps server.bind ({public}): the internal listener (publish \
+                     API, metrics, health) needs a port of its own"
+                ),
+            ));
+        }
+        for (n, key) in self.publish.api_keys.iter().enumerate() {
+            if key.len() < 16 {
+                return Err(invalid(
+                    "publish.api_keys",
+                    format!(
+                        "key {} is shorter than 16 characters; {}",
+                        n + 1,
+                        crate::secrets::GENERATE_HINT
+                    ),
+                ));
+            }
+            if let Some(problem) = crate::secrets::weakness(key) {
+                return Err(invalid(
+                    "publish.api_keys",
+                    format!("key {} {problem}", n + 1),
+                ));
+            }
+        }
+        if self.publish.api_keys.is_empty() && !internal.ip().is_loopback() {
+            return Err(invalid(
+                "publish.api_keys",
+                format!(
+                    "must list at least one key when server.internal_bind ({internal}) is not a \
+                     loopback address: anyone who reaches that port could publish otherwise; {}",
+                    crate::secrets::GENERATE_HINT
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// `[auth]`, `[origin]`, the connection limits of `[server]` and `redis.ca_file`.
@@ -442,6 +579,15 @@ impl Settings {
 
     pub fn redis_url(&self) -> Option<&str> {
         Some(self.redis.url.trim()).filter(|u| !u.is_empty())
+    }
+
+    /// Whether the demo page is served: `demo.enabled`, where `auto` means single-node mode.
+    pub fn demo_enabled(&self) -> bool {
+        match self.demo.enabled {
+            DemoSwitch::Auto => self.redis_topology().is_none(),
+            DemoSwitch::On => true,
+            DemoSwitch::Off => false,
+        }
     }
 
     /// The Redis the node subscribes through; `None` in single-node mode.
@@ -614,8 +760,9 @@ fn sentinel_addresses(list: &str) -> Vec<String> {
 pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
     if secret.len() < 32 {
         return Err(format!(
-            "must be at least 32 characters (256 bits) long, got {}",
-            secret.len()
+            "must be at least 32 characters (256 bits) long, got {}; {}",
+            secret.len(),
+            crate::secrets::GENERATE_HINT
         ));
     }
     // The environment parser turns numeric-looking values into numbers, which can change
@@ -627,7 +774,10 @@ pub fn check_hs256_secret(secret: &str) -> Result<(), String> {
                 .into(),
         );
     }
-    Ok(())
+    match crate::secrets::weakness(secret) {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
 }
 
 /// A refused value, named by its key.
@@ -688,12 +838,42 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_page_is_on_in_single_node_mode_only_unless_chosen() {
+        assert!(with_env(&[]).unwrap().demo_enabled());
+        let scaled = [
+            ("GW__REDIS__URL", "redis://127.0.0.1:7000"),
+            ("GW__AUTH__MODE", "none"),
+        ];
+        assert!(!with_env(&scaled).unwrap().demo_enabled());
+        for (value, on) in [
+            ("true", true),
+            ("false", false),
+            ("auto", false),
+            ("TRUE", true),
+        ] {
+            let mut vars = scaled.to_vec();
+            vars.push(("GW__DEMO__ENABLED", value));
+            assert_eq!(with_env(&vars).unwrap().demo_enabled(), on, "{value}");
+        }
+        assert!(!with_env(&[("GW__DEMO__ENABLED", "false")])
+            .unwrap()
+            .demo_enabled());
+        let err = with_env(&[("GW__DEMO__ENABLED", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("demo.enabled"), "{err}");
+    }
+
+    #[test]
     fn environment_overrides_multi_word_keys() {
         let s = with_env(&[
             ("GW__REDIS__URL", "redis://127.0.0.1:7000"),
             ("GW__AUTH__MODE", "none"),
             ("GW__WS__MAX_FRAME_BYTES", "2048"),
-            ("GW__PUBLISH__API_KEYS", "aaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbb"),
+            (
+                "GW__PUBLISH__API_KEYS",
+                "6f1d8a3c9e2b7f40d5a1c8e3,b94e0c7a2f5d18e6a3c9b0f4",
+            ),
         ])
         .unwrap();
         assert_eq!(s.redis_url(), Some("redis://127.0.0.1:7000"));
@@ -719,6 +899,104 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("typo_key"), "{err}");
+    }
+
+    #[test]
+    fn the_internal_listener_is_loopback_and_apart_from_the_public_one() {
+        let s = Settings::defaults();
+        assert!(s.server.internal_bind.ip().is_loopback());
+        assert_ne!(s.server.internal_bind.port(), s.server.bind.port());
+        for (vars, key) in [
+            (
+                vec![("GW__SERVER__INTERNAL_BIND", "0.0.0.0:8080")],
+                "server.internal_bind",
+            ),
+            (
+                vec![
+                    ("GW__SERVER__BIND", "127.0.0.1:7000"),
+                    ("GW__SERVER__INTERNAL_BIND", "127.0.0.1:7000"),
+                ],
+                "server.internal_bind",
+            ),
+            // Not loopback: the publish API needs keys.
+            (
+                vec![("GW__SERVER__INTERNAL_BIND", "0.0.0.0:9091")],
+                "publish.api_keys",
+            ),
+        ] {
+            let err = with_env(&vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+        }
+        let s = with_env(&[
+            ("GW__SERVER__INTERNAL_BIND", "0.0.0.0:9091"),
+            ("GW__PUBLISH__API_KEYS", "6f1d8a3c9e2b7f40d5a1c8e3b94e0c7a"),
+        ])
+        .unwrap();
+        assert_eq!(s.server.internal_bind.port(), 9091);
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_naming_the_key() {
+        let jwt = ("GW__AUTH__MODE", "jwt");
+        for (vars, key, why) in [
+            (
+                vec![
+                    jwt,
+                    ("GW__AUTH__HS256_SECRET", "replace-with-openssl-rand-hex-32"),
+                ],
+                "auth.hs256_secret",
+                "example value",
+            ),
+            (
+                vec![
+                    jwt,
+                    (
+                        "GW__AUTH__HS256_SECRET",
+                        "my-company-jwt-signing-secret-2024",
+                    ),
+                ],
+                "auth.hs256_secret",
+                "placeholder word",
+            ),
+            (
+                vec![
+                    jwt,
+                    ("GW__AUTH__HS256_SECRET", "abababababababababababababababab"),
+                ],
+                "auth.hs256_secret",
+                "too predictable",
+            ),
+            (
+                vec![("GW__PUBLISH__API_KEYS", "replace-with-openssl-rand-hex-24")],
+                "publish.api_keys",
+                "example value",
+            ),
+            (
+                vec![(
+                    "GW__PUBLISH__API_KEYS",
+                    "6f1d8a3c9e2b7f40d5a1c8e3b94e0c7a,CHANGEME-0a6f8b2d4e1c9a7f",
+                )],
+                "publish.api_keys",
+                "key 2 contains the placeholder word",
+            ),
+            (
+                vec![(
+                    "GW__PUBLISH__API_KEYS",
+                    "0123456789abcdefghijklmnopqrstuvwxyz",
+                )],
+                "publish.api_keys",
+                "sequences",
+            ),
+            (
+                vec![("GW__PUBLISH__API_KEYS", "9b1f0c4e7a2d")],
+                "publish.api_keys",
+                "shorter than 16",
+            ),
+        ] {
+            let err = with_env(&vars).unwrap_err().to_string();
+            assert!(err.contains(key), "{vars:?}: {err}");
+            assert!(err.contains(why), "{vars:?}: {err}");
+        }
     }
 
     #[test]
@@ -847,7 +1125,7 @@ mod tests {
 
     #[test]
     fn jwt_settings_are_checked_naming_the_key() {
-        let secret = "a-secret-of-at-least-32-characters-long";
+        let secret = "8c1f4e9a2d7b3f60e5a9c1d8b4f2e7a3";
         let ok = with_env(&[
             ("GW__AUTH__MODE", "jwt"),
             ("GW__AUTH__HS256_SECRET", secret),

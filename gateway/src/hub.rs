@@ -7,7 +7,7 @@
 //!
 //! Fan-out never waits: each socket has a bounded queue, filled with `try_send`. A socket whose
 //! queue is full is removed on the spot (its sender dropped), which its session task sees as
-//! the end of its queue and answers by closing with [`crate::ws::CloseCode::SlowConsumer`].
+//! the end of its queue and answers by closing with [`crate::session::CloseCode::SlowConsumer`].
 //!
 //! Each user also has a cursor: the newest history id delivered to the user's sockets on this
 //! node. Frames at or below it are duplicates (a catch-up after a Redis reconnect overlapping

@@ -2,7 +2,8 @@
 //!
 //! Browsers hold a WebSocket on `/ws/notifications/{user_id}/` on any replica; backends
 //! publish a JSON notification once on the Redis channel `user_<id>`, and every socket of that
-//! user on every replica receives it as one text frame.
+//! user on every replica receives it as one text frame. Where WebSockets are blocked, the
+//! same stream is served as Server-Sent Events on `/sse/notifications/{user_id}/`.
 //!
 //! ```text
 //!  Redis ──(one pub/sub connection per node)──▶ bus ──deliver──▶ hub ──try_send──▶ socket queue
@@ -22,11 +23,18 @@
 //! - [`bus`]: where notifications come from; [`bus::redis`] (scaled out: connection,
 //!   subscriber, history and canary rooms) or [`bus::memory`] (single node), behind one trait.
 //! - [`history`]: replay planning, the missed frame, the in-memory history.
-//! - [`ws`]: the upgrade handler, the per-socket task, and the close codes.
-//! - [`http`]: routes (`/healthz`, `/readyz`, `/metrics`, `/api/publish`, the inbox).
+//! - [`session`]: the per-connection task both transports share (replay, dedupe, heartbeat,
+//!   token expiry, drain, slow consumers) and the close codes.
+//! - [`ws`]: the WebSocket upgrade handler and framing.
+//! - [`sse`]: the Server-Sent Events endpoint (`/sse/notifications/{user_id}/`) and framing.
+//! - [`http`]: routes of the public listener (WebSocket, SSE, inbox, the demo page at `/` with
+//!   the browser client of `clients/js`) and of the internal one (`/api/publish`,
+//!   `/api/schedule`, `/api/presence`, `/metrics`, `/healthz`, `/readyz`).
 //! - [`metrics`]: counters rendered for Prometheus.
+//! - [`schedule`]: scheduled notifications (fired from Redis by every node, or in memory);
+//!   [`presence`]: this node's socket counts, reported to Redis for fleet-wide presence.
 //!
-//! Dependencies point one way: `http` → `ws` → `subscriptions` → `hub`/`bus`; `state` and
+//! Dependencies point one way: `http` → `ws`/`sse` → `session` → `subscriptions` → `hub`/`bus`; `state` and
 //! `error` are used by both `http` and `ws`; `config` and `auth` meet only in `net`.
 //!
 //! [`run`] wires them together; `main.rs` only parses arguments, loads the configuration and
@@ -41,6 +49,11 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+pub mod presence;
+pub mod schedule;
+pub mod secrets;
+pub mod session;
+pub mod sse;
 pub mod state;
 pub mod subscriptions;
 pub mod telemetry;
@@ -61,13 +74,37 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, SessionLimits};
 use crate::subscriptions::Subscriptions;
 
+/// The two listening sockets: `public` (`server.bind`: WebSockets and the inbox) and
+/// `internal` (`server.internal_bind`: publish API, metrics, health).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub internal: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `settings.server`; the error names the key that failed.
+    pub fn bind(settings: &Settings) -> Result<Self, String> {
+        let server = &settings.server;
+        let public = bind(server.bind, server.backlog)
+            .map_err(|e| format!("cannot bind server.bind {}: {e}", server.bind))?;
+        let internal = bind(server.internal_bind, 1024).map_err(|e| {
+            format!(
+                "cannot bind server.internal_bind {}: {e}",
+                server.internal_bind
+            )
+        })?;
+        Ok(Listeners { public, internal })
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains: every socket is closed with 1012 and the
-/// function returns within `server.drain_timeout_ms`.
+/// function returns within `server.drain_timeout_ms`. The internal listener answers (with
+/// `/readyz` reporting the drain) until the public one has drained.
 ///
 /// Must run inside an actix system (`#[actix_web::main]` or `actix_web::rt::System`).
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     // redis-rs builds its TLS client with rustls's process-wide default provider, which rustls
@@ -86,7 +123,8 @@ pub async fn run(
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let bus: Arc<dyn Bus> = match settings.redis_topology() {
+    let presence = Arc::new(presence::Presence::new());
+    let (bus, scheduler): (Arc<dyn Bus>, schedule::Scheduler) = match settings.redis_topology() {
         Some(topology) => {
             let bus = RedisBus::start(
                 &settings.redis,
@@ -117,7 +155,22 @@ pub async fn run(
                     "scaled-out mode: sharded pub/sub on a Redis Cluster, one link per master"
                 ),
             }
-            Arc::new(bus)
+            let background = bus.background_publisher();
+            tokio::spawn(schedule::fire_loop(
+                background.clone(),
+                settings.schedule.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(presence.clone().run(
+                background,
+                ms(settings.presence.heartbeat_ms),
+                ms(settings.presence.ttl_ms),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            let requests = bus.publisher();
+            (Arc::new(bus), schedule::Scheduler::Redis(requests))
         }
         None => {
             tracing::warn!(
@@ -125,41 +178,73 @@ pub async fn run(
                  bus; run one replica only (set GW__REDIS__URL to scale out)"
             );
             let history = MemoryHistory::new(settings.history.max_len, settings.history.max_age_ms);
-            Arc::new(MemoryBus::new(
+            let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(
                 hub.clone(),
                 history,
                 settings.redis.max_payload_bytes,
                 settings.history.max_age_ms,
-            ))
+            ));
+            // Scheduled notifications in memory: they do not survive a restart.
+            let memory = Arc::new(schedule::MemorySchedule::default());
+            tokio::spawn(memory.clone().run(
+                bus.clone(),
+                settings.schedule.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            (bus, schedule::Scheduler::Memory(memory))
         }
     };
 
-    let subscriptions = Arc::new(Subscriptions::new(
-        hub.clone(),
-        bus.clone(),
-        ms(settings.ws.unsubscribe_linger_ms),
-        ms(settings.redis.subscribe_timeout_ms),
-    ));
+    let subscriptions = Arc::new(
+        Subscriptions::new(
+            hub.clone(),
+            bus.clone(),
+            ms(settings.ws.unsubscribe_linger_ms),
+            ms(settings.redis.subscribe_timeout_ms),
+        )
+        .with_presence(presence.clone()),
+    );
     let state = AppState {
-        limits: SessionLimits::new(&settings.ws, &settings.history),
+        limits: SessionLimits::new(&settings.ws, &settings.sse, &settings.history),
         settings: settings.clone(),
         subscriptions,
         bus,
         metrics,
         gate,
         shutdown: stop_rx,
+        scheduler: Arc::new(scheduler),
+        presence,
     };
     let drain = ms(settings.server.drain_timeout_ms);
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let address = listener.local_addr()?;
+    let address = listeners.public.local_addr()?;
+    let internal_address = listeners.internal.local_addr()?;
+    let internal_state = state.clone();
+    let demo = settings
+        .demo_enabled()
+        .then(|| http::demo::DemoPage::new(&settings));
+    if demo.is_some() {
+        let host = if address.ip().is_unspecified() {
+            format!("localhost:{}", address.port())
+        } else {
+            address.to_string()
+        };
+        tracing::info!("demo page on: open http://{host}/ (demo.enabled)");
+    }
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
             .wrap(middleware::from_fn(http::limits::request_head))
-            .configure(http::routes)
+            .configure(http::public_routes)
+            .configure(|cfg| {
+                if let Some(page) = &demo {
+                    http::demo::routes(cfg, page.clone());
+                }
+            })
     })
     // Slowloris: the whole request head within this time, or 408 and disconnect. actix-http
     // times only a connection's first request, so a second request trickled on a kept-alive
@@ -177,20 +262,55 @@ pub async fn run(
     .tcp_nodelay(true)
     .shutdown_timeout(drain.as_secs().max(1))
     .max_connections(settings.server.max_connections + 1024)
-    .listen(listener)?
+    .listen(listeners.public)?
+    .run();
+    // Short requests from backends, Prometheus and probes: one worker, the same head limits.
+    let internal = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(internal_state.clone()))
+            .wrap(middleware::from_fn(http::limits::request_head))
+            .configure(http::internal_routes)
+    })
+    .client_request_timeout(ms(settings.server.handshake_timeout_ms))
+    .keep_alive(actix_web::http::KeepAlive::Disabled)
+    .workers(1)
+    .disable_signals()
+    .h1_allow_half_closed(false)
+    .shutdown_timeout(1)
+    .listen(listeners.internal)?
     .run();
     let handle = server.handle();
-    tracing::info!(%address, workers, "gateway listening");
+    let internal_handle = internal.handle();
+    tracing::info!(%address, workers, "gateway listening (public: WebSockets, inbox)");
+    tracing::info!(
+        address = %internal_address,
+        "internal listener (publish API, metrics, health)"
+    );
 
     let mut server = std::pin::pin!(server);
+    // Spawned, so that it keeps being polled (and answers its stop command) while this task
+    // waits on the public server.
+    let mut internal = actix_web::rt::spawn(internal);
     tokio::select! {
-        result = &mut server => return result,
+        result = &mut server => {
+            internal_handle.stop(false).await;
+            return result;
+        }
+        result = &mut internal => {
+            // The internal listener failed: stop serving altogether (the orchestrator
+            // restarts the process) rather than run without probes and metrics.
+            return result.map_err(std::io::Error::other).and_then(|served| served);
+        }
         _ = shutdown => {}
     }
     tracing::info!(deadline = ?drain, "draining: closing every socket with 1012");
     let _ = stop_tx.send(true);
     let stopping = handle.stop(true);
-    match tokio::time::timeout(drain, async { tokio::join!(stopping, &mut server).1 }).await {
+    let drained =
+        tokio::time::timeout(drain, async { tokio::join!(stopping, &mut server).1 }).await;
+    // Requests in flight (a publish) finish, within the internal server's 1 s.
+    internal_handle.stop(true).await;
+    match drained {
         Ok(result) => result,
         Err(_) => {
             tracing::warn!("drain deadline reached with connections still open; exiting");
@@ -241,8 +361,8 @@ fn warn_about_open_doors(settings: &Settings, gate: &auth::Gate) {
 }
 
 /// Runs the gateway on its own actix system until SIGTERM/SIGINT, then drains.
-pub fn serve(settings: Settings, listener: TcpListener) -> std::io::Result<()> {
-    actix_web::rt::System::new().block_on(run(settings, listener, shutdown_signal()))
+pub fn serve(settings: Settings, listeners: Listeners) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(run(settings, listeners, shutdown_signal()))
 }
 
 /// A URL safe to log: the password, if any, replaced.

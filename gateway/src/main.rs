@@ -2,8 +2,9 @@
 //! SIGTERM/SIGINT. Everything else lives in the library (`gateway::run`).
 //!
 //! `gateway --healthcheck [PATH]` is the container health check: the runtime image has no
-//! curl, so the binary itself GETs `/healthz` (or PATH) from the gateway configured by the
-//! same file and environment, and exits 0 on 200, 1 otherwise.
+//! curl, so the binary itself GETs `/healthz` (or PATH) from the internal listener
+//! (`server.internal_bind`) of the gateway configured by the same file and environment, and
+//! exits 0 on 200, 1 otherwise.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -17,7 +18,7 @@ const USAGE: &str = "usage: gateway [--config FILE] [--print-default-config] [--
 
 Configuration: compiled-in defaults < FILE (or GW_CONFIG=FILE) < GW__SECTION__KEY environment
 variables. `--print-default-config` prints every key with its default and meaning.
-`--healthcheck [PATH]` asks the gateway at server.bind for PATH (default /healthz; /readyz for
+`--healthcheck [PATH]` asks the gateway at server.internal_bind for PATH (default /healthz; /readyz for
 readiness) and exits 0 when it answers 200, 1 otherwise: for container health checks.";
 
 fn main() -> ExitCode {
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         Err(error) => return fail(&error.to_string()),
     };
     if let Some(path) = healthcheck {
-        return match check_health(settings.server.bind, &path) {
+        return match check_health(settings.server.internal_bind, &path) {
             Ok(()) => ExitCode::SUCCESS,
             Err(problem) => {
                 eprintln!("gateway: health check {path}: {problem}");
@@ -62,11 +63,11 @@ fn main() -> ExitCode {
     if let Err(error) = gateway::telemetry::init(&settings.log) {
         return fail(&error);
     }
-    let listener = match gateway::bind(settings.server.bind, settings.server.backlog) {
-        Ok(listener) => listener,
-        Err(error) => return fail(&format!("cannot bind {}: {error}", settings.server.bind)),
+    let listeners = match gateway::Listeners::bind(&settings) {
+        Ok(listeners) => listeners,
+        Err(error) => return fail(&error),
     };
-    let served = gateway::serve(settings, listener);
+    let served = gateway::serve(settings, listeners);
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error.to_string()),

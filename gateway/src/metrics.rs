@@ -6,6 +6,39 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::auth::AuthError;
+use crate::session::{CloseCode, End};
+
+/// What carries a connection, for the `transport` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    WebSocket,
+    Sse,
+}
+
+impl TransportKind {
+    pub const ALL: [TransportKind; 2] = [TransportKind::WebSocket, TransportKind::Sse];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TransportKind::WebSocket => "websocket",
+            TransportKind::Sse => "sse",
+        }
+    }
+}
+
+/// Ways a connection ends: every [`CloseCode`], then "gone" (the client left).
+const END_REASONS: usize = CloseCode::ALL.len() + 1;
+
+fn end_index(end: End) -> usize {
+    match end {
+        End::Close(code) => CloseCode::ALL.iter().position(|c| *c == code).unwrap_or(0),
+        End::Gone => CloseCode::ALL.len(),
+    }
+}
+
+fn end_label(index: usize) -> &'static str {
+    CloseCode::ALL.get(index).map_or("gone", |c| c.label())
+}
 
 /// Why a notification did not reach a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +82,15 @@ pub struct Metrics {
     pub redis_reconnects_total: AtomicU64,
     pub redis_connected: AtomicU64,
     pub upgrades_refused_total: AtomicU64,
+    pub scheduled_fired_total: AtomicU64,
+    pub scheduled_dropped_total: AtomicU64,
+    pub presence_beat_failures_total: AtomicU64,
     auth_refused: [AtomicU64; AuthError::CODES.len()],
+    /// Per [`TransportKind`].
+    connections_open: [AtomicU64; 2],
+    connections_opened_total: [AtomicU64; 2],
+    connections_refused_total: [AtomicU64; 2],
+    connections_closed_total: [[AtomicU64; END_REASONS]; 2],
     latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
     latency_count: AtomicU64,
     latency_sum_ms: AtomicU64,
@@ -62,6 +103,22 @@ impl Metrics {
 
     pub fn dropped_count(&self, cause: DropCause) -> u64 {
         self.dropped[cause as usize].load(Relaxed)
+    }
+
+    /// A session of `kind` started (its socket is registered in the hub).
+    pub fn session_opened(&self, kind: TransportKind) {
+        self.connections_open[kind as usize].fetch_add(1, Relaxed);
+        self.connections_opened_total[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn session_closed(&self, kind: TransportKind, end: End) {
+        self.connections_open[kind as usize].fetch_sub(1, Relaxed);
+        self.connections_closed_total[kind as usize][end_index(end)].fetch_add(1, Relaxed);
+    }
+
+    /// A request for a connection of `kind` was refused (bad id, auth, limits, draining).
+    pub fn connection_refused(&self, kind: TransportKind) {
+        self.connections_refused_total[kind as usize].fetch_add(1, Relaxed);
     }
 
     /// Counts an upgrade refused by the origin or token check.
@@ -89,13 +146,13 @@ impl Metrics {
         line(
             "gateway_sockets_open",
             "gauge",
-            "WebSocket connections currently open.",
+            "Connections currently open (WebSocket and SSE; by transport: gateway_connections_open).",
             self.sockets_open.load(Relaxed),
         );
         line(
             "gateway_sockets_opened_total",
             "counter",
-            "WebSocket connections accepted.",
+            "Connections accepted (WebSocket and SSE).",
             self.sockets_opened_total.load(Relaxed),
         );
         line(
@@ -137,9 +194,74 @@ impl Metrics {
         line(
             "gateway_upgrades_refused_total",
             "counter",
-            "WebSocket upgrades refused (bad id, limits, shutdown).",
+            "WebSocket upgrades and SSE requests refused (bad id, limits, shutdown).",
             self.upgrades_refused_total.load(Relaxed),
         );
+        line(
+            "gateway_scheduled_fired_total",
+            "counter",
+            "Scheduled notifications this node fired (published when due).",
+            self.scheduled_fired_total.load(Relaxed),
+        );
+        line(
+            "gateway_scheduled_dropped_total",
+            "counter",
+            "Scheduled notifications this node dropped: later than schedule.max_lateness_ms, or unreadable.",
+            self.scheduled_dropped_total.load(Relaxed),
+        );
+        line(
+            "gateway_presence_beat_failures_total",
+            "counter",
+            "Presence heartbeats that did not reach Redis.",
+            self.presence_beat_failures_total.load(Relaxed),
+        );
+
+        let name = "gateway_connections_open";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections currently open, by transport (websocket, sse).\n# TYPE {name} gauge"
+        );
+        for kind in TransportKind::ALL {
+            let value = self.connections_open[kind as usize].load(Relaxed);
+            let _ = writeln!(out, "{name}{{transport=\"{}\"}} {value}", kind.label());
+        }
+        let name = "gateway_connections_opened_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections accepted, by transport.\n# TYPE {name} counter"
+        );
+        for kind in TransportKind::ALL {
+            let value = self.connections_opened_total[kind as usize].load(Relaxed);
+            let _ = writeln!(out, "{name}{{transport=\"{}\"}} {value}", kind.label());
+        }
+        let name = "gateway_connections_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connection requests refused (bad id, auth, limits, draining), by transport.\n# TYPE {name} counter"
+        );
+        for kind in TransportKind::ALL {
+            let value = self.connections_refused_total[kind as usize].load(Relaxed);
+            let _ = writeln!(out, "{name}{{transport=\"{}\"}} {value}", kind.label());
+        }
+        let name = "gateway_connections_closed_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections ended, by transport and reason (a close code's name, or gone: the client left).\n# TYPE {name} counter"
+        );
+        for kind in TransportKind::ALL {
+            for (reason, count) in self.connections_closed_total[kind as usize]
+                .iter()
+                .enumerate()
+            {
+                let _ = writeln!(
+                    out,
+                    "{name}{{transport=\"{}\",reason=\"{}\"}} {}",
+                    kind.label(),
+                    end_label(reason),
+                    count.load(Relaxed)
+                );
+            }
+        }
 
         let name = "gateway_auth_refused_total";
         let _ = writeln!(
@@ -200,6 +322,21 @@ mod tests {
         );
         assert!(
             text.contains("gateway_delivery_latency_ms_bucket{le=\"+Inf\"} 3"),
+            "{text}"
+        );
+        m.session_opened(TransportKind::Sse);
+        m.session_closed(TransportKind::Sse, End::Close(CloseCode::TokenExpired));
+        let text = m.render();
+        assert!(
+            text.contains(
+                "gateway_connections_closed_total{transport=\"sse\",reason=\"token_expired\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "gateway_connections_closed_total{transport=\"websocket\",reason=\"gone\"} 0"
+            ),
             "{text}"
         );
         m.dropped(DropCause::Malformed, 2);

@@ -19,6 +19,7 @@ use publisher::wire::UserId;
 
 use crate::bus::Bus;
 use crate::hub::{Hub, Registration, SocketId};
+use crate::presence::Presence;
 
 pub struct Subscriptions {
     hub: Arc<Hub>,
@@ -27,6 +28,8 @@ pub struct Subscriptions {
     linger: Duration,
     /// Longest wait for the bus to confirm a subscription before the socket opens anyway.
     confirm_timeout: Duration,
+    /// Told of every socket open and close (presence counts).
+    presence: Option<Arc<Presence>>,
 }
 
 /// The user already holds `max_sockets` sockets on this node.
@@ -45,7 +48,14 @@ impl Subscriptions {
             bus,
             linger,
             confirm_timeout,
+            presence: None,
         }
+    }
+
+    /// Counts every attached socket in `presence`.
+    pub fn with_presence(mut self, presence: Arc<Presence>) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     /// Adds a socket for `user` and waits until its channel is delivered here (or the wait
@@ -60,6 +70,9 @@ impl Subscriptions {
             .hub
             .try_register(user, max_sockets)
             .ok_or(TooManySockets)?;
+        if let Some(presence) = &self.presence {
+            presence.opened(user);
+        }
         let pending = DetachOnDrop {
             subscriptions: self,
             user,
@@ -79,6 +92,9 @@ impl Subscriptions {
     /// Takes a socket out; the user's subscription goes after the linger period. Call exactly
     /// once per attached socket.
     pub fn detach(self: &Arc<Self>, user: UserId, socket: SocketId) {
+        if let Some(presence) = &self.presence {
+            presence.closed(user);
+        }
         if self.hub.unregister(user, socket) {
             let this = self.clone();
             tokio::spawn(async move {

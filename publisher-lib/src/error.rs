@@ -73,6 +73,18 @@ pub enum PublishError {
     #[error("{0}")]
     InvalidEvent(#[from] crate::events::EventError),
 
+    /// A scheduling key that is empty, too long, or has other characters than allowed.
+    #[error("{0}")]
+    InvalidKey(#[from] crate::schedule::InvalidScheduleKey),
+
+    /// A due time that is surely a mistake (seconds for milliseconds, years ahead).
+    #[error("{0}")]
+    InvalidDueTime(#[from] crate::schedule::InvalidDueTime),
+
+    /// More user ids than one call may name.
+    #[error("{given} user ids given, at most {max} per call: split the list")]
+    TooManyUsers { given: usize, max: usize },
+
     /// The overall deadline for one publish call passed.
     #[error("Redis did not answer within {0:?}: check Redis load and network latency, or raise PublisherOptions::timeout; the notification may or may not have been delivered")]
     Timeout(Duration),
@@ -88,6 +100,9 @@ impl PublishError {
             | PublishError::InvalidConfig(_)
             | PublishError::InvalidOptions(_)
             | PublishError::InvalidEvent(_)
+            | PublishError::InvalidKey(_)
+            | PublishError::InvalidDueTime(_)
+            | PublishError::TooManyUsers { .. }
             | PublishError::Incomplete(_) => ErrorKind::InvalidInput,
             PublishError::TooLarge { .. } => ErrorKind::TooLarge,
             PublishError::RedisUnavailable { .. } | PublishError::RedisRejected(_) => {

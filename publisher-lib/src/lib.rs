@@ -33,6 +33,7 @@
 //! | [`events`] | [`Event`], one typed variant per notification the parking app sends; [`Event::from_name_and_data`] for names and JSON from elsewhere |
 //! | `notification` | [`Notification`], the JSON envelope (free-form messages), and notifications from events |
 //! | `publisher` | [`Publisher`] and [`PublisherOptions`]: pooled, time-bounded PUBLISH |
+//! | [`schedule`] | scheduled notifications and presence: Redis keys, scripts, [`ScheduleKey`], [`Presence`] |
 //! | [`script`] | running a Lua script Redis may have forgotten (NOSCRIPT reload), shared with the gateway |
 //! | `error` | [`PublishError`] and its coarse [`ErrorKind`] |
 //!
@@ -40,6 +41,7 @@
 //! Redis trouble gives [`ErrorKind::RedisUnavailable`] or [`ErrorKind::Timeout`].
 
 pub mod events;
+pub mod schedule;
 pub mod script;
 pub mod wire;
 
@@ -52,5 +54,6 @@ pub use error::{ErrorKind, PublishError};
 pub use events::{Event, EventError};
 pub use notification::Notification;
 pub use publisher::{Publisher, PublisherOptions, Receipt};
+pub use schedule::{FireReport, Presence, ScheduleKey};
 pub use topology::{ClusterConfig, PooledConnection, SentinelConfig};
 pub use wire::{Level, StreamId, UserId};

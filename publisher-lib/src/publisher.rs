@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::error::PublishError;
 use crate::notification::{now_millis, Notification};
+use crate::schedule::{self, FireReport, Presence, ScheduleKey};
 use crate::script;
 use crate::topology::{
     ClusterConfig, PooledConnection, SentinelConfig, SentinelManager, SentinelPool,
@@ -22,6 +23,13 @@ use crate::wire::{self, StreamId, UserId};
 
 /// The history-and-publish script, hashed once (EVALSHA after the first load).
 static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(wire::PUBLISH_SCRIPT));
+/// The firing script gateway nodes run ([`schedule::FIRE_SCRIPT`]).
+static FIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(schedule::FIRE_SCRIPT));
+/// The presence query ([`schedule::PRESENCE_SCRIPT`]).
+static PRESENCE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(schedule::PRESENCE_SCRIPT));
+/// A gateway node's presence heartbeat ([`schedule::PRESENCE_BEAT_SCRIPT`]).
+static PRESENCE_BEAT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(schedule::PRESENCE_BEAT_SCRIPT));
 
 /// First pause before retrying a connection error; doubles on each further retry.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
@@ -580,6 +588,205 @@ impl Publisher {
             .collect()
     }
 
+    /// Schedules `notification` for `user` at `at`, under the caller's `key` (e.g.
+    /// `booking:1881:expiring`). A gateway node publishes it when it is due, exactly once,
+    /// through the same history-and-publish path as [`Publisher::publish`], with `timestamp`
+    /// set to `at`.
+    ///
+    /// Scheduling a key again replaces its item (a reschedule: new time, user or text);
+    /// [`Publisher::cancel`] removes it. A time in the past is accepted and fires at once
+    /// (within a gateway's poll interval); a time before 2001 (seconds given for
+    /// milliseconds) or more than a year ahead is refused with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), as is an invalid key.
+    /// Items live in Redis until they fire: gateways that are all down at the due time fire
+    /// it when one is back, or drop it past their lateness limit (`schedule.max_lateness_ms`).
+    pub async fn schedule(
+        &self,
+        user: UserId,
+        notification: impl Into<Notification>,
+        at: std::time::SystemTime,
+        key: &str,
+    ) -> Result<(), PublishError> {
+        let key: ScheduleKey = key.parse()?;
+        let at_ms = schedule::system_time_ms(at);
+        schedule::check_due(at_ms, now_millis())?;
+        let payload = self.serialise(notification.into().with_timestamp(at_ms))?;
+        let value = schedule::item_value(user, &payload);
+        let _: redis::Value = self
+            .execute_with(&PUBLISH_SCRIPT, |_| {
+                let mut pipe = redis::pipe();
+                // MULTI/EXEC: a firing script never sees the due time without the item.
+                pipe.atomic()
+                    .cmd("ZADD")
+                    .arg(schedule::DUE_KEY)
+                    .arg(at_ms)
+                    .arg(key.as_str())
+                    .ignore()
+                    .cmd("HSET")
+                    .arg(schedule::ITEMS_KEY)
+                    .arg(key.as_str())
+                    .arg(&value)
+                    .ignore();
+                pipe
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the item scheduled under `key`. Returns whether there was one (false when it
+    /// already fired, was cancelled, or never existed).
+    pub async fn cancel(&self, key: &str) -> Result<bool, PublishError> {
+        let key: ScheduleKey = key.parse()?;
+        let (removed, _): (u32, u32) = self
+            .execute_with(&PUBLISH_SCRIPT, |_| {
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("ZREM")
+                    .arg(schedule::DUE_KEY)
+                    .arg(key.as_str())
+                    .cmd("HDEL")
+                    .arg(schedule::ITEMS_KEY)
+                    .arg(key.as_str());
+                pipe
+            })
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// How many sockets each of `users` has open across all live gateway nodes, in the order
+    /// given (at most [`schedule::MAX_PRESENCE_USERS`] ids). With `with_nodes`, also which
+    /// nodes hold them. A node that died stops counting once its heartbeat TTL
+    /// (`presence.ttl_ms`, 2 s by default) has passed.
+    pub async fn presence(
+        &self,
+        users: &[UserId],
+        with_nodes: bool,
+    ) -> Result<Vec<Presence>, PublishError> {
+        if users.len() > schedule::MAX_PRESENCE_USERS {
+            return Err(PublishError::TooManyUsers {
+                given: users.len(),
+                max: schedule::MAX_PRESENCE_USERS,
+            });
+        }
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies: (Vec<redis::Value>,) = self
+            .execute_with(&PRESENCE_SCRIPT, |_| {
+                let mut invocation = PRESENCE_SCRIPT.prepare_invoke();
+                invocation
+                    .key(schedule::NODES_KEY)
+                    .arg(schedule::NODE_COUNTS_PREFIX)
+                    .arg(if with_nodes { "1" } else { "0" });
+                for user in users {
+                    invocation.arg(user.get());
+                }
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation);
+                pipe
+            })
+            .await?;
+        replies
+            .0
+            .into_iter()
+            .map(|reply| match reply {
+                redis::Value::Array(items) => parse_presence(&items),
+                total => Some(Presence {
+                    sockets: u64::from_redis_value_ref(&total).ok()?,
+                    nodes: Vec::new(),
+                }),
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| PublishError::MalformedPayload {
+                reason: "Redis answered the presence query with an unexpected shape".into(),
+            })
+    }
+
+    /// For gateway nodes: fires at most `limit` due items (see [`schedule::FIRE_SCRIPT`]),
+    /// dropping those more than `max_lateness_ms` late (0: never dropped).
+    pub async fn fire_due(
+        &self,
+        limit: usize,
+        max_lateness_ms: u64,
+    ) -> Result<FireReport, PublishError> {
+        type Reply = (i64, i64, Vec<(String, i64)>, Vec<(String, i64)>);
+        let ((now_ms, next, fired, dropped),): (Reply,) = self
+            .execute_with(&FIRE_SCRIPT, |_| {
+                let mut invocation = FIRE_SCRIPT.prepare_invoke();
+                invocation
+                    .key(schedule::DUE_KEY)
+                    .key(schedule::ITEMS_KEY)
+                    .arg(limit.max(1))
+                    .arg(max_lateness_ms)
+                    .arg(self.options.history_max_len)
+                    .arg(self.options.history_max_age.as_millis() as u64);
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation);
+                pipe
+            })
+            .await?;
+        Ok(FireReport {
+            now_ms,
+            next_due_ms: (next >= 0).then_some(next),
+            fired,
+            dropped,
+        })
+    }
+
+    /// For gateway nodes: one presence heartbeat of node `node` (see
+    /// [`schedule::PRESENCE_BEAT_SCRIPT`]). `full` replaces the node's counts with `counts`;
+    /// otherwise `counts` are changes. Returns false when the node's counts had expired and
+    /// nothing was applied: send the full counts then.
+    pub async fn presence_beat(
+        &self,
+        node: &str,
+        ttl: Duration,
+        full: bool,
+        had_sockets: bool,
+        counts: &[(UserId, i64)],
+    ) -> Result<bool, PublishError> {
+        let key = schedule::node_counts_key(node);
+        let (applied,): (bool,) = self
+            .execute_with(&PRESENCE_BEAT_SCRIPT, |_| {
+                let mut invocation = PRESENCE_BEAT_SCRIPT.prepare_invoke();
+                invocation
+                    .key(&key)
+                    .key(schedule::NODES_KEY)
+                    .arg(node)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .arg(if full { "full" } else { "delta" })
+                    .arg(if had_sockets { "1" } else { "0" });
+                for (user, count) in counts {
+                    invocation.arg(user.get()).arg(*count);
+                }
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation);
+                pipe
+            })
+            .await?;
+        Ok(applied)
+    }
+
+    /// For gateway nodes that stop cleanly: forget node `node`'s counts at once.
+    pub async fn presence_leave(&self, node: &str) -> Result<(), PublishError> {
+        let key = schedule::node_counts_key(node);
+        let _: redis::Value = self
+            .execute_with(&PUBLISH_SCRIPT, |_| {
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("ZREM")
+                    .arg(schedule::NODES_KEY)
+                    .arg(node)
+                    .ignore()
+                    .cmd("DEL")
+                    .arg(&key)
+                    .ignore();
+                pipe
+            })
+            .await?;
+        Ok(())
+    }
+
     fn serialise(&self, mut notification: Notification) -> Result<Vec<u8>, PublishError> {
         if notification.timestamp.is_none() {
             notification.timestamp = Some(now_millis());
@@ -632,13 +839,22 @@ impl Publisher {
         &self,
         build: impl Fn(bool) -> Pipeline,
     ) -> Result<T, PublishError> {
+        self.execute_with(&PUBLISH_SCRIPT, build).await
+    }
+
+    /// [`Publisher::execute`] for pipelines that invoke `script` (reloaded on NOSCRIPT).
+    async fn execute_with<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        build: impl Fn(bool) -> Pipeline,
+    ) -> Result<T, PublishError> {
         let timeout = self.options.timeout;
         let deadline = Instant::now() + timeout;
         let mut retries_left = self.options.retries;
         let mut backoff = RETRY_BACKOFF;
         let mut pipe = build(false);
         loop {
-            let result = tokio::time::timeout_at(deadline, self.attempt(&pipe, deadline))
+            let result = tokio::time::timeout_at(deadline, self.attempt(script, &pipe, deadline))
                 .await
                 .unwrap_or(Err(PublishError::Timeout(timeout)));
             match result {
@@ -663,6 +879,7 @@ impl Publisher {
 
     async fn attempt<T: FromRedisValue>(
         &self,
+        script: &Script,
         pipe: &Pipeline,
         deadline: Instant,
     ) -> Result<T, PublishError> {
@@ -678,9 +895,7 @@ impl Publisher {
                 // with the one-time token.
                 let left = deadline.saturating_duration_since(Instant::now());
                 let cap = (timeout / 4).max(CLUSTER_ATTEMPT).min(left);
-                match tokio::time::timeout(cap, script::query_each(cluster, pipe, &PUBLISH_SCRIPT))
-                    .await
-                {
+                match tokio::time::timeout(cap, script::query_each(cluster, pipe, script)).await {
                     Ok(Ok(value)) => Ok(value),
                     Ok(Err(e)) => {
                         self.forget_connections();
@@ -692,7 +907,7 @@ impl Publisher {
                     }
                 }
             }
-            _ => script::query_loading(&mut conn, pipe, &PUBLISH_SCRIPT).await,
+            _ => script::query_loading(&mut conn, pipe, script).await,
         };
         if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
         {
@@ -801,6 +1016,23 @@ fn script_pipeline(invocations: usize, cluster: bool) -> Pipeline {
             .ignore();
     }
     pipe
+}
+
+/// One user's reply to the presence script with nodes: `[total, node, count, ...]`.
+fn parse_presence(reply: &[redis::Value]) -> Option<Presence> {
+    let (total, rest) = reply.split_first()?;
+    let number = |v: &redis::Value| u64::from_redis_value_ref(v).ok();
+    let mut presence = Presence {
+        sockets: number(total)?,
+        nodes: Vec::new(),
+    };
+    for pair in rest.chunks(2) {
+        let [node, count] = pair else { return None };
+        presence
+            .nodes
+            .push((String::from_redis_value_ref(node).ok()?, number(count)?));
+    }
+    Some(presence)
 }
 
 /// Checks a payload built elsewhere as gateways will; it may not carry its own id.

@@ -34,6 +34,20 @@ fn the_python_package_ships_publish_lua_byte_for_byte() {
     );
 }
 
+#[test]
+fn the_python_package_ships_presence_lua_byte_for_byte() {
+    let ours = publisher::schedule::PRESENCE_SCRIPT.as_bytes();
+    let shipped_path = repo_root().join(PYTHON_PACKAGE).join("presence.lua");
+    let shipped = std::fs::read(&shipped_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", shipped_path.display()));
+    assert!(
+        shipped == ours,
+        "{} differs from publisher-lib/src/presence.lua: copy it over \
+         (`cp publisher-lib/src/presence.lua {PYTHON_PACKAGE}/`)",
+        shipped_path.display()
+    );
+}
+
 /// One of each event, with the cases whose message or data change shape.
 fn samples() -> Vec<Event> {
     vec![

@@ -506,3 +506,137 @@ async fn a_retry_with_the_same_token_is_stored_and_published_once() {
     );
     assert!(seen[11].contains(r#""message":"lost""#));
 }
+
+/// The scheduling contract against a real Redis: an item fires once, through the history
+/// script, with its due time as timestamp; cancel and reschedule; too-late items dropped.
+#[tokio::test]
+async fn scheduled_items_fire_once_through_history_and_can_be_cancelled() {
+    use std::time::SystemTime;
+    let server = RedisServer::start().await;
+    let publisher = Publisher::connect(&server.url()).unwrap();
+    let mut live = subscribe(&server.url(), &["user_7"]).await;
+    let past = SystemTime::now() - Duration::from_millis(10);
+    let event = Event::BookingExpired {
+        booking_id: 1881,
+        slot: "A-12".into(),
+    };
+    publisher
+        .schedule(user(7), event.clone(), past, "booking:1881:expired")
+        .await
+        .unwrap();
+    publisher
+        .schedule(user(7), event.clone(), past, "booking:1882:expired")
+        .await
+        .unwrap();
+    assert!(publisher.cancel("booking:1882:expired").await.unwrap());
+    assert!(!publisher.cancel("booking:1882:expired").await.unwrap());
+    let far = SystemTime::now() + Duration::from_secs(3600);
+    publisher
+        .schedule(user(7), event.clone(), far, "booking:1883:expired")
+        .await
+        .unwrap();
+
+    let report = publisher.fire_due(100, 0).await.unwrap();
+    assert_eq!(report.fired.len(), 1, "{report:?}");
+    assert_eq!(report.fired[0].0, "booking:1881:expired");
+    assert!(report.dropped.is_empty());
+    let at_ms = publisher::schedule::system_time_ms(past) as i64;
+    assert_eq!(
+        report.next_due_ms.map(|n| n / 1000),
+        Some(at_ms / 1000 + 3600)
+    );
+    let (channel, payload) = next_message(&mut live).await;
+    assert_eq!(channel, "user_7");
+    let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(json["event"], "booking.expired");
+    assert_eq!(json["timestamp"].as_i64(), Some(at_ms));
+    assert!(json["id"].is_string(), "published through history: {json}");
+
+    // Nothing more is due: a second run fires nothing.
+    assert!(publisher.fire_due(100, 0).await.unwrap().fired.is_empty());
+
+    // Too late for a 5 ms limit: dropped, not delivered.
+    let late = SystemTime::now() - Duration::from_secs(1);
+    publisher
+        .schedule(user(7), event, late, "booking:1884:expired")
+        .await
+        .unwrap();
+    let report = publisher.fire_due(100, 5).await.unwrap();
+    assert!(report.fired.is_empty());
+    assert_eq!(report.dropped.len(), 1);
+    assert!(report.dropped[0].1 >= 1000, "{report:?}");
+
+    for (key, at) in [
+        ("", far),
+        ("with space", far),
+        (
+            "ok",
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_765_000_000),
+        ),
+        (
+            "ok",
+            SystemTime::now() + Duration::from_secs(400 * 24 * 3600),
+        ),
+    ] {
+        let err = publisher
+            .schedule(user(7), Notification::new(Level::Info, "x"), at, key)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{key:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn presence_sums_live_nodes_and_forgets_lapsed_ones() {
+    let server = RedisServer::start().await;
+    let publisher = Publisher::connect(&server.url()).unwrap();
+    let ttl = Duration::from_millis(300);
+    assert!(publisher
+        .presence_beat("a", ttl, false, false, &[(user(1), 2), (user(2), 1)])
+        .await
+        .unwrap());
+    assert!(publisher
+        .presence_beat("b", Duration::from_secs(60), false, false, &[(user(1), 1)])
+        .await
+        .unwrap());
+    assert!(publisher
+        .presence_beat(
+            "b",
+            Duration::from_secs(60),
+            false,
+            true,
+            &[(user(1), -1), (user(3), 1)]
+        )
+        .await
+        .unwrap());
+    let counts = publisher
+        .presence(&[user(1), user(2), user(3), user(4)], true)
+        .await
+        .unwrap();
+    let totals: Vec<u64> = counts.iter().map(|p| p.sockets).collect();
+    assert_eq!(totals, [2, 1, 1, 0]);
+    assert_eq!(counts[0].nodes, [("a".to_owned(), 2)]);
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let totals: Vec<u64> = publisher
+        .presence(&[user(1), user(2), user(3)], false)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.sockets)
+        .collect();
+    assert_eq!(totals, [0, 0, 1], "node a's heartbeat lapsed");
+    // Node a comes back believing it has sockets: its counts are gone, it must send them all.
+    assert!(!publisher
+        .presence_beat("a", ttl, false, true, &[(user(1), 1)])
+        .await
+        .unwrap());
+    let too_many: Vec<UserId> = (1..=1001).map(user).collect();
+    assert_eq!(
+        publisher
+            .presence(&too_many, false)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
+}

@@ -32,9 +32,8 @@ pub fn gateway_binary() -> PathBuf {
 pub struct Gateway {
     /// The public listener: WebSocket endpoint and inbox.
     pub addr: SocketAddr,
-    /// Where the server API answers (`/api/publish`, `/metrics`, `/healthz`, `/readyz`). The
-    /// same listener as `addr` today; tests address the API through this field so that a
-    /// separate internal listener changes one place.
+    /// The internal listener (`server.internal_bind`), where the server API answers
+    /// (`/api/publish`, `/metrics`, `/healthz`, `/readyz`); none of it answers on `addr`.
     pub internal: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
@@ -55,12 +54,14 @@ impl Gateway {
         let dir = TempDir::new("gateway");
         let log = dir.0.join("gateway.log");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let internal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut command = Command::new(gateway_binary());
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "gateway=debug,info")
             .env("GW__SERVER__BIND", addr.to_string())
+            .env("GW__SERVER__INTERNAL_BIND", internal.to_string())
             .env("GW__SERVER__WORKERS", "2")
             .env("GW__REDIS__URL", redis.map(|r| r.url()).unwrap_or_default())
             .env("GW__REDIS__RECONNECT_MAX_MS", "500")
@@ -82,7 +83,7 @@ impl Gateway {
             .expect("spawning the gateway binary");
         Gateway {
             addr,
-            internal: addr,
+            internal,
             child: Some(child),
             log,
             _dir: dir,

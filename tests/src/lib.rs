@@ -6,6 +6,7 @@
 //! - [`Gateway`]: the gateway binary built from `gateway/src/main.rs`, configured through the
 //!   same `GW__*` environment variables operators use.
 //! - [`WsClient`]: a browser stand-in that reads JSON text frames and close codes.
+//! - [`SseClient`]: a raw HTTP Server-Sent Events reader (events, comments, last event id).
 //! - [`RawSocket`]: a WebSocket peer that completes the handshake and then misbehaves
 //!   (never reads, never answers pings).
 //! - [`JwtKeys`] and [`jwt`]: keys (made with the openssl CLI at test time) and tokens for
@@ -20,12 +21,14 @@ pub mod topology;
 
 mod gateway_process;
 mod redis_server;
+mod sse_client;
 mod stall_proxy;
 mod tokens;
 mod ws_client;
 
 pub use gateway_process::*;
 pub use redis_server::*;
+pub use sse_client::*;
 pub use stall_proxy::*;
 pub use tokens::*;
 pub use ws_client::*;
@@ -52,6 +55,35 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("binding an ephemeral port on 127.0.0.1")
+}
+
+/// Makes sure this process (and so the gateways it spawns) may open `needed` files: raises
+/// the soft RLIMIT_NOFILE up to the hard limit when it is lower, says what it did, and fails
+/// with the command to run when even the hard limit is too low.
+pub fn require_open_files(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+    }
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "this test holds about {needed} open files; the hard limit is {hard}: raise it \
+         (`ulimit -Hn {needed}` as root, or LimitNOFILE) and run ./tests/run.sh, which raises \
+         the soft limit"
+    );
+    limit.rlim_cur = needed;
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    eprintln!("raised the open-file limit from {soft} to {needed} (hard limit {hard})");
 }
 
 pub fn require_program(name: &str, package: &str) -> PathBuf {

@@ -139,6 +139,60 @@ impl WsClient {
     }
 }
 
+/// How a `wss://` handshake through the proxy ended: connected, or refused with an HTTP
+/// status (429 from a rate limit), or failed otherwise (the message).
+pub enum TlsHandshake {
+    Connected(Box<WsClient>),
+    Refused(u16),
+    Failed(String),
+}
+
+impl std::fmt::Debug for TlsHandshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsHandshake::Connected(_) => f.write_str("Connected"),
+            TlsHandshake::Refused(status) => write!(f, "Refused({status})"),
+            TlsHandshake::Failed(why) => write!(f, "Failed({why})"),
+        }
+    }
+}
+
+impl WsClient {
+    /// Connects to a `wss://` URL on `server` from the local address `source` (any loopback
+    /// address, 127.0.0.2 for a second client machine), trusting only `tls`.
+    pub async fn connect_tls_from(
+        url: &str,
+        server: SocketAddr,
+        source: std::net::IpAddr,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> TlsHandshake {
+        use tokio_tungstenite::tungstenite::Error;
+        let attempt = async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            let stream = socket.connect(server).await?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(DEADLINE, attempt).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return TlsHandshake::Failed(format!("connect from {source}: {e}")),
+            Err(_) => return TlsHandshake::Failed("connect timed out".into()),
+        };
+        let handshake = tokio_tungstenite::client_async_tls_with_config(
+            url,
+            stream,
+            None,
+            Some(Connector::Rustls(tls)),
+        );
+        match tokio::time::timeout(DEADLINE, handshake).await {
+            Ok(Ok((ws, _))) => TlsHandshake::Connected(Box::new(WsClient { ws })),
+            Ok(Err(Error::Http(response))) => TlsHandshake::Refused(response.status().as_u16()),
+            Ok(Err(e)) => TlsHandshake::Failed(e.to_string()),
+            Err(_) => TlsHandshake::Failed("handshake timed out".into()),
+        }
+    }
+}
+
 /// An nginx master process (`daemon off`) running a configuration file of the test's,
 /// with its prefix, pid file and logs in a directory of its own. Killed on drop.
 pub struct Nginx {

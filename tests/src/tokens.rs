@@ -75,7 +75,7 @@ pub mod jwt {
     use serde_json::{json, Value};
 
     /// The backend's signing key in the tests (simplejwt's SIGNING_KEY).
-    pub const SECRET: &str = "django-insecure-e2e-signing-key-with-enough-length";
+    pub const SECRET: &str = "7d2f9a4c1e8b5f3a0c6e9d2b7f4a1c8e5b3d0f6a9c2e7b4d";
 
     /// `GW__*` settings of a gateway that verifies [`SECRET`]-signed HS256 tokens.
     pub const HS256_SETTINGS: [(&str, &str); 2] = [

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[3]
 #: How long an awaited event may take before a test fails (CI machines are slow and shared).
 DEADLINE = 15.0
 #: The HS256 key gateways verify browser tokens with (simplejwt's SIGNING_KEY).
-JWT_SECRET = "python-client-tests-signing-key-with-enough-length"
+JWT_SECRET = "c4a91f7e2d08b3a65f1e9c7d2b84a06e3f5d1c9b7a2e8f40"
 
 
 def free_port() -> int:
@@ -147,11 +147,14 @@ class GatewayProcess:
     def __init__(self, redis_server: RedisProcess) -> None:
         self.redis = redis_server
         self.port = free_port()
+        # The internal listener: /readyz (and the publish API, metrics) answer only there.
+        self.internal_port = free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="ng-gateway-", suffix=".log", delete=False)
         env = {
             "PATH": os.environ.get("PATH", ""),
             "RUST_LOG": "info",
             "GW__SERVER__BIND": f"127.0.0.1:{self.port}",
+            "GW__SERVER__INTERNAL_BIND": f"127.0.0.1:{self.internal_port}",
             "GW__SERVER__WORKERS": "1",
             "GW__REDIS__URL": redis_server.url,
             "GW__AUTH__MODE": "jwt",
@@ -168,7 +171,9 @@ class GatewayProcess:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.internal_port}/readyz", timeout=1
+            ) as r:
                 return bool(r.status == 200)
         except OSError:
             return False

@@ -165,6 +165,35 @@ impl Gate {
         self.check_token(parts, user)
     }
 
+    /// May this request open `user`'s Server-Sent Events stream? The token from `?token=` or
+    /// `Authorization: Bearer`. An Origin header, when present, must be allowed; a missing one
+    /// is accepted whatever `origin.allow_missing` says: browsers send none on a same-origin
+    /// `EventSource`, and a page of another site cannot read the stream anyway unless the
+    /// answer allows its origin (CORS), which only an allowed origin gets.
+    pub fn admit_stream(&self, req: &HttpRequest, user: UserId) -> Result<Admission, AuthError> {
+        let headers = req.headers();
+        let origin = headers
+            .get(header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        if origin.is_some() {
+            self.origins.check(origin)?;
+        }
+        self.check_token(
+            RequestParts {
+                query: req.query_string(),
+                origin,
+                protocols: std::iter::empty(),
+                authorization: headers.get_all(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            },
+            user,
+        )
+    }
+
+    /// Whether `origin` may read answers (CORS): the Origin check alone.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.origins.check(Some(origin)).is_ok()
+    }
+
     /// May this HTTP API request read `user`'s data (`GET /api/notifications/{user}`)? The
     /// token alone: browsers send no Origin on same-origin GETs, and a bearer token, unlike a
     /// cookie, is never attached by the browser on its own, so another site's page cannot

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::config::{AuthMode, JwtAlgorithm, Secret};
 
-const SECRET: &str = "django-insecure-test-signing-key-0123456789abcdef";
+const SECRET: &str = "5e0b9d3a7f1c8e2b6d4a9f0c3e7b1d5a8c2f6e0b4d9a3c7f";
 
 fn now() -> u64 {
     SystemTime::now()

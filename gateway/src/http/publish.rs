@@ -32,13 +32,13 @@ const FIELDS: [&str; 7] = [
 ];
 
 /// What a publish request asks for, read field by field so every error names its field.
-struct PublishRequest {
-    users: Vec<UserId>,
-    notification: Notification,
+pub(super) struct PublishRequest {
+    pub(super) users: Vec<UserId>,
+    pub(super) notification: Notification,
 }
 
 impl PublishRequest {
-    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    pub(super) fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let invalid = |message: String| ApiError::InvalidBody(message);
         let mut body = match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(object)) => object,
@@ -142,10 +142,15 @@ pub async fn publish(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
+    deliver(&body, &state).await
+}
+
+/// Parses a publish body and sends it through the bus; shared with the demo page's form.
+pub(super) async fn deliver(body: &[u8], state: &AppState) -> Result<HttpResponse, ApiError> {
     let PublishRequest {
         users,
         notification,
-    } = PublishRequest::parse(&body)?;
+    } = PublishRequest::parse(body)?;
     let payload = notification
         .to_payload(state.settings.redis.max_payload_bytes)
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
@@ -158,7 +163,7 @@ pub async fn publish(
 /// With API keys configured, one must be presented as a bearer token. Without any, only
 /// clients on this machine may publish (local development); a request relayed by a proxy on
 /// this machine is not local (see [`crate::auth::Gate::is_local`]).
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(super) fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let keys = &state.settings.publish.api_keys;
     if keys.is_empty() {
         return if state.gate.is_local(req) {

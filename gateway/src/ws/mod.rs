@@ -1,14 +1,13 @@
 //! The browser-facing WebSocket endpoint: `GET /ws/notifications/{user_id}/`.
 //!
 //! [`upgrade`] checks the request before anything is upgraded, attaches the socket to the
-//! user's subscription ([`crate::subscriptions`]), then hands the socket to its own task in
-//! [`session`].
+//! user's subscription ([`crate::subscriptions`]), then hands the socket to its own task: the
+//! session core ([`crate::session`]) with the WebSocket framing of [`session`].
 
-mod close;
 mod frame_guard;
 mod session;
 
-pub use close::CloseCode;
+pub use crate::session::CloseCode;
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -28,7 +27,10 @@ pub struct UpgradeQuery {
 }
 
 /// The user of the path and the id to resume after (`?last_id=`; empty means none).
-fn parse_target(user_id: &str, query: &str) -> Result<(UserId, Option<StreamId>), ApiError> {
+pub(crate) fn parse_target(
+    user_id: &str,
+    query: &str,
+) -> Result<(UserId, Option<StreamId>), ApiError> {
     let user: UserId = user_id.parse().map_err(ApiError::InvalidUserId)?;
     // A query that does not parse (a parameter given twice, say) is refused rather than read
     // as "no resume", which would lose notifications silently.
@@ -49,6 +51,9 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, ApiError> {
     let refused = |e: ApiError| {
         state.metrics.upgrades_refused_total.fetch_add(1, Relaxed);
+        state
+            .metrics
+            .connection_refused(crate::metrics::TransportKind::WebSocket);
         e
     };
     let (user, resume_after) = parse_target(&user_id, req.query_string()).map_err(refused)?;
@@ -87,9 +92,8 @@ pub async fn upgrade(
         .await
         .map_err(|TooManySockets| refused(ApiError::TooManySocketsForUser(max_sockets)))?;
     tracing::debug!(%user, socket = registration.socket, "socket open");
-    actix_web::rt::spawn(session::run(
-        session,
-        stream,
+    actix_web::rt::spawn(crate::session::run(
+        session::WebSocket { session, stream },
         registration,
         resume_after,
         state.get_ref().clone(),

@@ -97,7 +97,7 @@ async fn a_socket_is_closed_with_4001_when_its_token_expires() {
     );
     // The same user's socket with a fresh token is untouched.
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":21,"type":"info","message":"still open"}"#,
@@ -311,7 +311,7 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
             .map(|f| ("X-Forwarded-For", f))
             .into_iter()
             .collect();
-        e2e::http_post_json(gateway.addr, "/api/publish", &headers, body)
+        e2e::http_post_json(gateway.internal, "/api/publish", &headers, body)
             .unwrap()
             .0
     };
@@ -334,7 +334,7 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
 fn the_history_api_needs_the_users_token_too() {
     let gateway = Gateway::start(None, &jwt::HS256_SETTINGS);
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":13,"type":"info","message":"your booking is confirmed"}"#,

@@ -8,8 +8,19 @@ use serde_json::Value;
 
 #[test]
 fn gw_bench_smoke_run_loses_nothing() {
+    smoke(&[]);
+}
+
+#[test]
+fn gw_bench_smoke_run_over_server_sent_events_loses_nothing() {
+    let run = smoke(&["--transport", "sse"]);
+    assert_eq!(run["transport"], "sse", "{run}");
+}
+
+fn smoke(extra: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_gw-bench"))
         .args(["--scenario", "smoke"])
+        .args(extra)
         .output()
         .expect("running gw-bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -42,4 +53,5 @@ fn gw_bench_smoke_run_loses_nothing() {
         field("/cpu_seconds/publish/redis").as_f64().is_some(),
         "{run}"
     );
+    run
 }

@@ -8,12 +8,12 @@ use e2e::{Gateway, RedisServer, WsClient};
 use publisher::Event;
 use serde_json::Value;
 
-const KEY: &str = "cross-language-key-0123456789";
+const KEY: &str = "f0c6a2e8d4b1937c5a0e6f2d8b4c1a79";
 
 fn post(gateway: &Gateway, body: &str) -> (u16, Value) {
     let auth = format!("Bearer {KEY}");
     let (status, answer) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[("Authorization", &auth)],
         body,

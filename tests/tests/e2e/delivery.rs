@@ -87,7 +87,7 @@ async fn a_payload_from_another_language_is_forwarded_byte_for_byte() {
 #[tokio::test]
 async fn single_node_mode_delivers_without_redis() {
     let gateway = Gateway::start(None, &[]);
-    let (status, body) = e2e::http_get(gateway.addr, "/readyz").unwrap();
+    let (status, body) = e2e::http_get(gateway.internal, "/readyz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""bus":"memory""#), "{body}");
     assert!(
@@ -98,7 +98,7 @@ async fn single_node_mode_delivers_without_redis() {
 
     let mut client = WsClient::connect(&gateway.ws_url("3")).await;
     let (status, body) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user": 3, "type": "info", "message": "hello from the in-process bus"}"#,
@@ -117,19 +117,19 @@ async fn single_node_mode_delivers_without_redis() {
 #[tokio::test]
 async fn http_publish_goes_through_redis_to_every_replica() {
     let redis = RedisServer::start();
-    let key = "test-publish-key-0123456789";
+    let key = "b7e1c4a9f2d6083b5e9c1a4f7d2b6e08";
     let a = Gateway::start(Some(&redis), &[("GW__PUBLISH__API_KEYS", key)]);
     let b = Gateway::start(Some(&redis), &[]);
     let mut on_b = WsClient::connect(&b.ws_url("8")).await;
 
     let body = r#"{"users": [8, 9], "type": "success", "message": "Cash payment verified"}"#;
-    let (status, answer) = e2e::http_post_json(a.addr, "/api/publish", &[], body).unwrap();
+    let (status, answer) = e2e::http_post_json(a.internal, "/api/publish", &[], body).unwrap();
     assert_eq!(
         status, 401,
         "a key is configured, so one is required: {answer}"
     );
     let (status, answer) = e2e::http_post_json(
-        a.addr,
+        a.internal,
         "/api/publish",
         &[("Authorization", "Bearer wrong-key-wrong-key")],
         body,
@@ -137,8 +137,13 @@ async fn http_publish_goes_through_redis_to_every_replica() {
     .unwrap();
     assert_eq!(status, 401, "{answer}");
     let auth = format!("Bearer {key}");
-    let (status, answer) =
-        e2e::http_post_json(a.addr, "/api/publish", &[("Authorization", &auth)], body).unwrap();
+    let (status, answer) = e2e::http_post_json(
+        a.internal,
+        "/api/publish",
+        &[("Authorization", &auth)],
+        body,
+    )
+    .unwrap();
     assert_eq!(
         (status, answer.as_str()),
         (200, r#"{"receivers":1}"#),
@@ -160,7 +165,8 @@ async fn http_publish_goes_through_redis_to_every_replica() {
         (r#"not json"#, "not JSON"),
     ] {
         let (status, answer) =
-            e2e::http_post_json(a.addr, "/api/publish", &[("Authorization", &auth)], bad).unwrap();
+            e2e::http_post_json(a.internal, "/api/publish", &[("Authorization", &auth)], bad)
+                .unwrap();
         assert_eq!(status, 400, "{why}: {answer}");
         assert!(
             answer.contains(r#""error":"invalid_body""#),
@@ -176,7 +182,8 @@ async fn http_publish_to_several_users_reaches_each_once() {
     let mut eight = WsClient::connect(&gateway.ws_url("8")).await;
     let mut nine = WsClient::connect(&gateway.ws_url("9")).await;
     let body = r#"{"users": [8, 9, 8], "type": "info", "message": "to both"}"#;
-    let (status, answer) = e2e::http_post_json(gateway.addr, "/api/publish", &[], body).unwrap();
+    let (status, answer) =
+        e2e::http_post_json(gateway.internal, "/api/publish", &[], body).unwrap();
     assert_eq!((status, answer.as_str()), (200, r#"{"receivers":2}"#));
     publisher(&redis)
         .publish(user(8), numbered(1))

@@ -154,6 +154,7 @@ fn compose_mounts_exist_and_fit_the_gateway_and_nginx_settings() {
     let services = compose["services"].as_object().unwrap();
     let drain_ms = defaults().server.drain_timeout_ms;
     let port = defaults().server.bind.port();
+    let example_env = env_file_values(&read("deploy/gateway.env.example"));
 
     // Every bind mount, build file and env file exists (or is the documented secret file).
     for (name, service) in services {
@@ -189,6 +190,16 @@ fn compose_mounts_exist_and_fit_the_gateway_and_nginx_settings() {
             service["restart"].as_str().is_some(),
             "{name} has a restart policy"
         );
+        assert_eq!(
+            service["logging"]["driver"], "json-file",
+            "{name}: log driver"
+        );
+        for option in ["max-size", "max-file"] {
+            assert!(
+                service["logging"]["options"][option].is_string(),
+                "{name}: its log is rotated ({option})"
+            );
+        }
     }
 
     // Replicas: health check through the gateway's own flag, drain fits the grace period,
@@ -212,31 +223,75 @@ fn compose_mounts_exist_and_fit_the_gateway_and_nginx_settings() {
             "{name}: stop_grace_period {grace} ms must exceed the drain deadline {drain_ms} ms"
         );
         let env = &gateway["environment"];
-        assert_eq!(env["GW__REDIS__URL"], "redis://redis:6379", "{name}");
+        assert!(
+            env.get("GW__REDIS__URL").is_none(),
+            "{name}: the Redis URL, password included, comes from the env file"
+        );
         assert!(
             env["GW__AUTH__MODE"].is_string(),
             "{name}: auth mode set explicitly"
         );
         assert_eq!(gateway["expose"][0], port.to_string(), "{name}");
+        // The internal port is open to the backend network, so the API keys are required
+        // (the gateway refuses to start otherwise) and the env file provides them.
+        let internal: std::net::SocketAddr = env["GW__SERVER__INTERNAL_BIND"]
+            .as_str()
+            .expect("GW__SERVER__INTERNAL_BIND")
+            .parse()
+            .unwrap();
+        assert!(internal.ip().is_unspecified(), "{name}: {internal}");
+        assert_eq!(gateway["expose"][1], internal.port().to_string(), "{name}");
+        assert!(
+            example_env
+                .iter()
+                .any(|(k, _)| k == "GW__PUBLISH__API_KEYS"),
+            "deploy/gateway.env.example lists GW__PUBLISH__API_KEYS"
+        );
+        let address = gateway["networks"]["backend"]["ipv4_address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: a fixed address, for nginx's resolution"));
+        assert!(address.starts_with("172.28.0."), "{name}: {address}");
         assert_eq!(
             gateway["depends_on"]["redis"]["condition"], "service_healthy",
             "{name}"
         );
     }
 
-    // Redis keeps what history needs across restarts.
-    let redis = &services["redis"];
-    let command: Vec<&str> = redis["command"]
-        .as_array()
-        .unwrap()
+    let addresses: BTreeSet<&str> = gateways
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .map(|(_, g)| g["networks"]["backend"]["ipv4_address"].as_str().unwrap())
+        .chain([services["nginx"]["networks"]["backend"]["ipv4_address"]
+            .as_str()
+            .unwrap()])
         .collect();
-    assert!(
-        command.windows(2).any(|w| w == ["--appendonly", "yes"]),
-        "{command:?}"
+    assert_eq!(
+        addresses.len(),
+        gateways.len() + 1,
+        "distinct fixed addresses"
     );
+
+    // Redis keeps what history needs across restarts, never evicts it, and wants the
+    // gateway user's password (run for real in the_compose_redis_...).
+    let redis = &services["redis"];
+    let script = redis_script(&compose);
+    for option in [
+        "--appendonly yes",
+        "--maxmemory-policy noeviction",
+        "--maxmemory ",
+        "user default off",
+    ] {
+        assert!(script.contains(option), "redis command lacks {option}");
+    }
     assert!(redis["volumes"][0].as_str().unwrap().ends_with(":/data"));
+    let url = &example_env
+        .iter()
+        .find(|(k, _)| k == "GW__REDIS__URL")
+        .expect("GW__REDIS__URL in deploy/gateway.env.example")
+        .1;
+    assert!(
+        url.starts_with("redis://gateway:") && url.ends_with("@redis:6379"),
+        "{url}"
+    );
 
     // nginx: mounts the shipped config, waits for every replica, lists every replica.
     let nginx = &services["nginx"];
@@ -279,6 +334,128 @@ fn compose_mounts_exist_and_fit_the_gateway_and_nginx_settings() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(source).unwrap().permissions());
     assert!(mode & 0o111 != 0, "{script} must be executable");
+}
+
+/// `KEY=value` lines of an env file, comments and blank lines skipped.
+fn env_file_values(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The shell script the compose `redis` service runs, with Compose's `$$` escapes undone.
+fn redis_script(compose: &Value) -> String {
+    let command = &compose["services"]["redis"]["command"];
+    assert_eq!(command[0], "sh", "redis runs a script: {command}");
+    command[2]
+        .as_str()
+        .expect("sh -c SCRIPT")
+        .replace("$$", "$")
+}
+
+/// The compose `redis` service's script, run by a real redis-server on loopback (only the
+/// port, directory and ACL file path changed): the default user is off, the `gateway` user
+/// from GW__REDIS__URL is enough for a real gateway, and the example env file's placeholder
+/// password is refused.
+#[tokio::test]
+async fn the_compose_redis_wants_the_gateway_user_and_serves_a_gateway_through_it() {
+    let redis_server = require_program("redis-server", "redis-server");
+    let script = redis_script(&compose());
+    let dir = TempDir::new("compose-redis");
+    let port = e2e::free_port();
+    let local = script
+        .replace(
+            "/tmp/users.acl",
+            &dir.0.join("users.acl").display().to_string(),
+        )
+        .replace(
+            "exec docker-entrypoint.sh redis-server ",
+            &format!(
+                "exec {} --port {port} --bind 127.0.0.1 --dir {} ",
+                redis_server.display(),
+                dir.0.display()
+            ),
+        );
+    assert!(local.contains(&format!("--port {port}")), "{local}");
+    let run = |url: &str| {
+        Command::new("sh")
+            .args(["-c", &local])
+            .env("GW__REDIS__URL", url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running the compose redis script")
+    };
+
+    // The unedited example is refused before Redis starts.
+    let example = env_file_values(&read("deploy/gateway.env.example"));
+    let example_url = &example
+        .iter()
+        .find(|(k, _)| k == "GW__REDIS__URL")
+        .unwrap()
+        .1;
+    let out = run(example_url).wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("GW__REDIS__URL"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let password = "4e8b1d6f0a3c9e2b7d5f1a8c4e0b6d3f";
+    let compose_url = format!("redis://gateway:{password}@redis:6379");
+    let _redis = KillOnDrop(run(&compose_url));
+    let url = format!("redis://gateway:{password}@127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    let mut anonymous = loop {
+        match redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+        {
+            Ok(connection) => break connection,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "redis never up: {e}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    };
+    let refused = redis::cmd("GET")
+        .arg("history:user_1")
+        .query::<Option<String>>(&mut anonymous);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("NOAUTH")),
+        "the default user is off: {refused:?}"
+    );
+    let mut gateway_user = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let admin = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query::<Vec<String>>(&mut gateway_user);
+    assert!(
+        admin.is_err(),
+        "the gateway user has no admin commands: {admin:?}"
+    );
+
+    let gateway = Gateway::start(None, &[("GW__REDIS__URL", url.as_str())]);
+    let mut client = e2e::WsClient::connect(&gateway.ws_url("8")).await;
+    let (status, answer) = e2e::http_post_json(
+        gateway.internal,
+        "/api/publish",
+        &[],
+        r#"{"user": 8, "type": "info", "message": "through the compose ACL user"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}\n{}", gateway.log());
+    assert_eq!(
+        client.next_json().await["message"],
+        "through the compose ACL user"
+    );
 }
 
 /// The value of `directive` inside the `location <prefix> {` block of the nginx config.
@@ -365,16 +542,19 @@ fn nginx_accepts_the_exact_config_compose_mounts() {
         .find(|(_, target)| target.starts_with("/docker-entrypoint.d/"))
         .expect("compose mounts the certificate script")
         .0;
-    let names: Vec<String> = gateway_services(&compose)
+    // The replica names resolve to the fixed addresses compose gives them: what nginx holds
+    // from its start stays right across a replica's recreation.
+    let hosts: String = gateway_services(&compose)
         .iter()
-        .map(|(n, _)| n.to_string())
+        .map(|(name, service)| {
+            let address = service["networks"]["backend"]["ipv4_address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: a fixed address"));
+            format!("{address} {name}\n")
+        })
         .collect();
     let dir = TempDir::new("nginx-t");
-    std::fs::write(
-        dir.0.join("hosts"),
-        format!("127.0.0.1 localhost {}\n", names.join(" ")),
-    )
-    .unwrap();
+    std::fs::write(dir.0.join("hosts"), format!("127.0.0.1 localhost\n{hosts}")).unwrap();
     let script = r#"set -eu
 mount -t tmpfs tmpfs /etc/nginx
 cp "$1" /etc/nginx/nginx.conf
@@ -469,27 +649,101 @@ fn kubernetes_manifests_validate_and_fit_the_gateway() {
             .as_u64()
             .unwrap()
     };
-    let bind = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "GW__SERVER__BIND")
-        .map(|e| e["value"].as_str().unwrap().to_owned())
-        .unwrap_or_else(|| defaults().server.bind.to_string());
-    let listening: u64 = bind.rsplit(':').next().unwrap().parse().unwrap();
+    let setting = |key: &str| {
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == key)
+            .map(|e| e["value"].as_str().unwrap().to_owned())
+            .or_else(|| config["data"][key].as_str().map(str::to_owned))
+    };
+    let port_of = |bind: String| -> u64 { bind.rsplit(':').next().unwrap().parse().unwrap() };
+    let listening =
+        port_of(setting("GW__SERVER__BIND").unwrap_or_else(|| defaults().server.bind.to_string()));
+    let internal_bind = setting("GW__SERVER__INTERNAL_BIND").expect("GW__SERVER__INTERNAL_BIND");
+    assert!(
+        internal_bind.starts_with("0.0.0.0:"),
+        "probes and Prometheus reach the internal port: {internal_bind}"
+    );
+    let internal = port_of(internal_bind);
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["path"], path, "{probe}");
         assert_eq!(
             port_named(&get["port"]),
-            listening,
-            "{probe} hits the gateway's port"
+            internal,
+            "{probe} hits the gateway's internal port"
         );
     }
     assert_eq!(
         port_named(&service["spec"]["ports"][0]["targetPort"]),
-        listening
+        listening,
+        "the public Service: the public port only"
     );
+    assert_eq!(service["spec"]["ports"].as_array().unwrap().len(), 1);
+    let internal_service = documents
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] != service["metadata"]["name"])
+        .expect("a Service for the internal port");
+    selects_pods(&internal_service["spec"]["selector"], "internal Service");
+    assert_eq!(
+        port_named(&internal_service["spec"]["ports"][0]["targetPort"]),
+        internal
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["prometheus.io/port"],
+        internal.to_string(),
+        "Prometheus scrapes the internal port"
+    );
+
+    // Secrets, the Redis URL with its password included, come from the Secret only.
+    for key in [
+        "GW__REDIS__URL",
+        "GW__AUTH__HS256_SECRET",
+        "GW__PUBLISH__API_KEYS",
+    ] {
+        assert!(config["data"].get(key).is_none(), "{key} in the ConfigMap");
+        assert!(setting(key).is_none(), "{key} in the manifest");
+    }
+    let sources = container["envFrom"].as_array().unwrap();
+    assert!(
+        sources.iter().any(|s| s["secretRef"]["name"].is_string()),
+        "envFrom a Secret"
+    );
+    assert!(
+        read("deploy/k8s/gateway.yaml").contains("--from-literal=GW__REDIS__URL="),
+        "the header says how to put the Redis URL in the Secret"
+    );
+
+    // Autoscaling keeps at least the replicas the PDB counts on.
+    let hpa = find("HorizontalPodAutoscaler");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
+    assert!(hpa["spec"]["minReplicas"].as_u64() >= Some(2));
+
+    // NetworkPolicy: the public port from the ingress controller, the internal port from
+    // backends and monitoring, nothing else.
+    let policy = find("NetworkPolicy");
+    selects_pods(
+        &policy["spec"]["podSelector"]["matchLabels"],
+        "NetworkPolicy",
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let mut ports_opened = BTreeSet::new();
+    for rule in rules {
+        assert!(
+            !rule["from"].as_array().unwrap().is_empty(),
+            "every rule names its peers: {rule}"
+        );
+        for port in rule["ports"].as_array().unwrap() {
+            ports_opened.insert(port_named(&port["port"]));
+        }
+    }
+    assert_eq!(ports_opened, BTreeSet::from([listening, internal]));
 
     let drain_ms: u64 = config["data"]["GW__SERVER__DRAIN_TIMEOUT_MS"]
         .as_str()
@@ -664,24 +918,42 @@ fn the_systemd_unit_verifies_and_drains_within_its_stop_timeout() {
         unit.contains("Environment=GW__AUTH__MODE="),
         "auth mode set explicitly"
     );
+
+    // The DynamicUser reads its secret through a credential systemd copies for it.
+    assert_eq!(value("DynamicUser"), "yes");
+    let (credential, source) = value("LoadCredential").split_once(':').unwrap();
+    assert!(source.starts_with("/etc/"), "{source}");
+    assert_eq!(
+        value("Environment=GW__AUTH__HS256_SECRET_FILE"),
+        format!("%d/{credential}")
+    );
+    // Each instance's internal port differs from its public one and from other instances'.
+    assert_eq!(value("Environment=GW__SERVER__BIND"), "127.0.0.1:%i");
+    assert_eq!(
+        value("Environment=GW__SERVER__INTERNAL_BIND"),
+        "127.0.0.1:1%i"
+    );
 }
 
 #[test]
 fn the_healthcheck_flag_answers_for_the_configured_gateway() {
     let mut redis = RedisServer::start();
     let gateway = Gateway::start(Some(&redis), &[]);
+    // The health check asks the internal listener (where /healthz and /readyz answer).
     let check = |path: Option<&str>, bind: &str| {
         let mut command = Command::new(e2e::gateway_binary());
         command
             .env_clear()
-            .env("GW__SERVER__BIND", bind)
+            .env("GW__SERVER__INTERNAL_BIND", bind)
+            // A non-loopback internal listener needs keys, or the configuration is refused.
+            .env("GW__PUBLISH__API_KEYS", "9d4f1b7e3a0c8f6d2b5e9a1c7f3d0b8e")
             .arg("--healthcheck");
         command.args(path);
         command.output().unwrap()
     };
-    let bind = gateway.addr.to_string();
+    let bind = gateway.internal.to_string();
     // The container form: bound to every address, checked on loopback.
-    let any = format!("0.0.0.0:{}", gateway.addr.port());
+    let any = format!("0.0.0.0:{}", gateway.internal.port());
     for (path, bind) in [(None, &bind), (Some("/readyz"), &bind), (None, &any)] {
         let out = check(path, bind);
         assert!(

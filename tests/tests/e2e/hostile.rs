@@ -502,7 +502,7 @@ fn oversized_request_lines_and_headers_are_refused() {
     assert!(matches!(status, 0 | 400), "{status}");
 
     assert_eq!(
-        e2e::http_get(addr, "/healthz").unwrap().0,
+        e2e::http_get(gateway.internal, "/healthz").unwrap().0,
         200,
         "still serving"
     );
@@ -565,7 +565,7 @@ async fn oversized_and_malformed_frames_close_only_their_socket() {
     }
     gateway.wait_metric("gateway_sockets_open", |n| n == 1);
     let (status, _) = e2e::http_post_json(
-        addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":9,"type":"info","message":"unharmed"}"#,
@@ -671,7 +671,7 @@ fn slow_and_silent_connections_are_cut_at_the_handshake_timeout() {
     assert_eq!(status, 408);
     // A second request on the same connection: actix-http would not time it, so the gateway
     // closes every connection after its first response.
-    let first = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let first = format!("GET /api/notifications/1 HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     let (lasted, _) = trickle(addr, first.as_bytes(), &head, Duration::from_millis(50));
     assert!(
         lasted < limit + slack,
@@ -754,6 +754,8 @@ fn half_open_burst(addr: SocketAddr, pid: u32, count: usize, fds_before: usize) 
 
 #[tokio::test]
 async fn a_flood_of_failed_handshakes_and_half_open_connections_leaves_no_trace() {
+    // 1000 half-open connections at once, on both ends, plus the gateway's own files.
+    e2e::require_open_files(4096);
     let mut settings = jwt::HS256_SETTINGS.to_vec();
     settings.push(("GW__SERVER__HANDSHAKE_TIMEOUT_MS", "1000"));
     let gateway = Gateway::start(None, &settings);
@@ -776,7 +778,7 @@ async fn a_flood_of_failed_handshakes_and_half_open_connections_leaves_no_trace(
     ))
     .await;
     let (status, _) = e2e::http_post_json(
-        addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":77,"type":"success","message":"served during the flood"}"#,

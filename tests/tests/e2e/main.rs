@@ -4,19 +4,24 @@
 mod auth;
 mod bench_smoke;
 mod cluster;
+mod cors;
 mod cross_language;
 mod delivery;
 mod deploy;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod listeners;
 mod metrics;
 mod nginx;
+mod presence;
 mod readiness;
 mod redis_security;
 mod resume;
+mod scheduled;
 mod sentinel;
 mod socket_limits;
+mod sse;
 mod subscriptions;
 
 use publisher::{Level, Notification, Publisher, UserId};
@@ -40,7 +45,10 @@ pub fn publisher(redis: &e2e::RedisServer) -> Publisher {
 /// Starts the gateway binary with `env` and expects it to refuse to start; returns stderr.
 pub fn start_fails(env: &[(&str, &str)]) -> String {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-e2e"));
-    command.env_clear().env("GW__SERVER__BIND", "127.0.0.1:0");
+    command
+        .env_clear()
+        .env("GW__SERVER__BIND", "127.0.0.1:0")
+        .env("GW__SERVER__INTERNAL_BIND", "127.0.0.1:0");
     for (key, value) in env {
         command.env(key, value);
     }

@@ -12,7 +12,7 @@ use crate::{numbered, publisher, user};
 /// each family has HELP and TYPE, each sample line is `name{labels} value`, and histogram
 /// buckets are cumulative and end with `+Inf` equal to `_count`.
 fn scrape(gateway: &Gateway) -> HashMap<String, f64> {
-    let (status, body) = e2e::http_get(gateway.addr, "/metrics").expect("GET /metrics");
+    let (status, body) = e2e::http_get(gateway.internal, "/metrics").expect("GET /metrics");
     assert_eq!(status, 200);
     let mut typed: HashMap<String, String> = HashMap::new();
     let mut helped = Vec::new();

@@ -11,14 +11,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::proxy::{free_loopback_addr, Nginx, TestCa};
+use e2e::proxy::{free_loopback_addr, Nginx, TestCa, TlsHandshake};
 use e2e::{Closed, Gateway, RedisServer, WsClient, DEADLINE};
 use serde_json::Value;
 
 use crate::{numbered, publisher, user};
 
 const SHIPPED: &str = include_str!("../../../deploy/nginx/nginx.conf");
-const PUBLISH_KEY: &str = "nginx-e2e-publish-key-0123";
+const PUBLISH_KEY: &str = "a3f8c1e6b9d2047f5e8a1c3b6d9f2e40";
 
 /// Replaces `from` by `to` in `text`, asserting it occurs exactly `times` times, so a change
 /// to the shipped file that this test does not know about fails here instead of being
@@ -262,11 +262,11 @@ async fn wss_clients_through_nginx_keep_receiving_when_a_replica_drains() {
 }
 
 #[tokio::test]
-async fn nginx_proxies_publish_redirects_http_and_hides_per_replica_endpoints() {
+async fn nginx_hides_the_internal_api_while_publishing_on_the_internal_port_reaches_its_sockets() {
     let topology = Topology::start();
     let mut client = topology.connect(42).await;
 
-    // POST /api/publish through nginx, with the API key passed through.
+    // The server API is not reachable through nginx, not even with a valid key.
     let body = r#"{"user": 42, "type": "success", "message": "via nginx"}"#;
     let auth = format!("Authorization: Bearer {PUBLISH_KEY}");
     let publish = [
@@ -280,26 +280,103 @@ async fn nginx_proxies_publish_redirects_http_and_hides_per_replica_endpoints() 
         body,
     ];
     let (status, answer) = topology.curl(&publish, "/api/publish");
-    assert_eq!((status, answer.as_str()), (200, r#"{"receivers":1}"#));
-    assert_eq!(client.next_json().await["message"], "via nginx");
-    let (status, answer) = topology.curl(&publish[..6], "/api/publish");
-    assert_eq!(status, 400, "a body error is the gateway's 400: {answer}");
-    assert!(answer.contains("invalid_body"), "{answer}");
-
-    // The inbox is served through the proxy too, newest first.
-    let (status, inbox) = topology.curl(&[], "/api/notifications/42?limit=1");
-    assert_eq!(status, 200, "{inbox}");
-    assert!(inbox.contains("via nginx"), "{inbox}");
-
-    // Per-replica endpoints are not served through the load balancer.
+    assert_eq!(status, 404, "POST /api/publish through nginx: {answer}");
     for path in ["/metrics", "/readyz", "/healthz"] {
         assert_eq!(topology.curl(&[], path).0, 404, "{path}");
     }
+
+    // A backend publishes on a replica's internal port; the socket behind nginx (on
+    // whichever replica) receives it, and nothing of the refused attempt arrived before.
+    let body = r#"{"user": 42, "type": "success", "message": "via the internal port"}"#;
+    let auth = format!("Bearer {PUBLISH_KEY}");
+    let (status, answer) = e2e::http_post_json(
+        topology.replicas[2].internal,
+        "/api/publish",
+        &[("Authorization", &auth)],
+        body,
+    )
+    .unwrap();
+    assert_eq!((status, answer.as_str()), (200, r#"{"receivers":1}"#));
+    assert_eq!(client.next_json().await["message"], "via the internal port");
+
+    // The inbox is served through the proxy, newest first.
+    let (status, inbox) = topology.curl(&[], "/api/notifications/42?limit=1");
+    assert_eq!(status, 200, "{inbox}");
+    assert!(inbox.contains("via the internal port"), "{inbox}");
     assert_eq!(topology.curl(&[], "/nginx-health"), (200, "ok\n".into()));
 
     // Plain HTTP is redirected to HTTPS.
     let (status, _) = e2e::http_get(topology.http, "/ws/notifications/42/").unwrap();
     assert_eq!(status, 301);
+}
+
+/// nginx's per-address limits: a burst of WebSocket upgrades (and of inbox reads) from one
+/// address is refused with 429 past the burst, while another address still connects.
+#[tokio::test]
+async fn a_burst_from_one_address_is_limited_while_another_address_connects() {
+    let topology = Topology::start();
+    let burst_from = |source: [u8; 4], count: u64| {
+        let handshakes = (0..count).map(|n| {
+            let url = topology.wss_url(500 + n, None);
+            let (https, tls) = (topology.https, topology.tls.clone());
+            async move { WsClient::connect_tls_from(&url, https, source.into(), tls).await }
+        });
+        futures_util::future::join_all(handshakes)
+    };
+    // 60 upgrades at once: the burst (20) plus what 10 per second adds meanwhile pass,
+    // the rest get 429.
+    let results = burst_from([127, 0, 0, 1], 60).await;
+    let connected = results
+        .iter()
+        .filter(|r| matches!(r, TlsHandshake::Connected(_)))
+        .count();
+    let limited = results
+        .iter()
+        .filter(|r| matches!(r, TlsHandshake::Refused(429)))
+        .count();
+    assert_eq!(connected + limited, 60, "{results:?}");
+    // How many pass depends on how fast this machine handshakes; some must be refused.
+    assert!(limited >= 1, "none of 60 refused with 429: {results:?}");
+    assert!(connected >= 20, "the burst allowance connects: {results:?}");
+
+    eprintln!("60 upgrades at once from 127.0.0.1: {connected} connected, {limited} got 429");
+
+    // Meanwhile a client on another address is not affected.
+    let other = burst_from([127, 0, 0, 2], 1).await;
+    assert!(
+        matches!(other[0], TlsHandshake::Connected(_)),
+        "127.0.0.2: {other:?}\n{}",
+        topology.nginx.log()
+    );
+
+    // The inbox: 30 reads in a row on one connection, 10 in the burst.
+    let url = format!(
+        "https://127.0.0.1:{}/api/notifications/7",
+        topology.https.port()
+    );
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 30).collect();
+    let curl = e2e::require_program("curl", "curl");
+    let out = Command::new(curl)
+        .args(["--silent", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(topology.ca.ca_pem())
+        .args(["--write-out", "\nstatus %{http_code}\n"])
+        .args(&urls)
+        .output()
+        .expect("running curl");
+    let output = String::from_utf8_lossy(&out.stdout).into_owned();
+    let statuses: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.strip_prefix("status "))
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == "200").count();
+    let limited = statuses.iter().filter(|s| **s == "429").count();
+    eprintln!("30 inbox reads in a row from 127.0.0.1: {ok} answered, {limited} got 429");
+    assert_eq!(ok + limited, 30, "{statuses:?}");
+    assert!(
+        ok >= 10 && limited >= 1,
+        "{ok} ok, {limited} refused: {statuses:?}"
+    );
 }
 
 #[tokio::test]
@@ -321,4 +398,143 @@ async fn nginx_logs_requests_without_their_query_string() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!log.contains(token) && !log.contains("token="), "{log}");
+}
+
+/// `curl -N` on an event stream through nginx, its lines read as they arrive.
+struct CurlStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl CurlStream {
+    fn open(topology: &Topology, user: u64, last_event_id: Option<&str>) -> Self {
+        use std::io::BufRead;
+        let curl = e2e::require_program("curl", "curl");
+        let url = format!(
+            "https://127.0.0.1:{}/sse/notifications/{user}/",
+            topology.https.port()
+        );
+        let mut command = Command::new(curl);
+        command
+            .args(["--silent", "--no-buffer", "--cacert"])
+            .arg(topology.ca.ca_pem())
+            .args(["-H", "Accept: text/event-stream"]);
+        if let Some(id) = last_event_id {
+            command.args(["-H", &format!("Last-Event-ID: {id}")]);
+        }
+        let mut child = command
+            .arg(&url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("running curl");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        CurlStream { child, lines }
+    }
+
+    /// The next line, `None` when the stream ended.
+    fn line(&self) -> Option<String> {
+        match self.lines.recv_timeout(DEADLINE) {
+            Ok(line) => Some(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(timeout) => panic!("no line through nginx within the deadline: {timeout}"),
+        }
+    }
+
+    /// The data of the next event with a `data:` line, and the `event:` name if it had one.
+    fn event(&self) -> Option<(Option<String>, Value)> {
+        let mut name = None;
+        loop {
+            let line = self.line()?;
+            if let Some(event) = line.strip_prefix("event: ") {
+                name = Some(event.to_owned());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                return Some((name, serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+}
+
+impl Drop for CurlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `location /sse/ { ... }`'s `proxy_read_timeout` in seconds.
+fn sse_read_timeout_secs(conf: &str) -> u64 {
+    let block = conf
+        .split("location /sse/ {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .expect("deploy/nginx/nginx.conf has a location /sse/");
+    assert!(block.contains("proxy_buffering off;"), "{block}");
+    block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("proxy_read_timeout "))
+        .and_then(|v| v.trim_end_matches(';').strip_suffix('s'))
+        .and_then(|v| v.parse().ok())
+        .expect("location /sse/ sets proxy_read_timeout in seconds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_pass_nginx_unbuffered_and_resume_on_another_replica_after_a_drain() {
+    let defaults = gateway::config::Settings::defaults();
+    assert!(
+        sse_read_timeout_secs(SHIPPED) * 1000 > defaults.sse.heartbeat_interval_ms * 2,
+        "nginx must wait well past a heartbeat before cutting a stream"
+    );
+    let mut topology = Topology::start();
+    let stream = CurlStream::open(&topology, 44, None);
+    let sse_on = |topology: &Topology, i: usize| {
+        topology.replicas[i].metric("gateway_connections_open{transport=\"sse\"}")
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let serving = loop {
+        if let Some(i) = (0..3).find(|&i| sse_on(&topology, i) == 1) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stream reached a replica\n{}",
+            topology.nginx.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let publisher = publisher(&topology.redis);
+    // One small event, and it arrives: nothing sits in a proxy buffer.
+    publisher.publish(user(44), numbered(1)).await.unwrap();
+    let (name, first) = tokio::task::block_in_place(|| stream.event()).expect("an event");
+    assert_eq!((name, first["data"]["n"].as_u64()), (None, Some(1)));
+    let last_id = first["id"].as_str().unwrap().to_owned();
+
+    // The replica drains: the stream ends with the documented final event...
+    let mut draining = topology.replicas.remove(serving);
+    let terminating = std::thread::spawn(move || draining.terminate());
+    let (name, close) = tokio::task::block_in_place(|| stream.event()).expect("a final event");
+    assert_eq!(name.as_deref(), Some("gateway.close"));
+    assert_eq!(close["code"], 1012);
+    assert!(
+        tokio::task::block_in_place(|| stream.event()).is_none(),
+        "then the end"
+    );
+    assert!(terminating.join().unwrap().0.success());
+    // ...what is published meanwhile is replayed to the reconnect, which nginx sends to a
+    // live replica, then live delivery continues.
+    publisher.publish(user(44), numbered(2)).await.unwrap();
+    let resumed = CurlStream::open(&topology, 44, Some(&last_id));
+    let (_, replayed) = tokio::task::block_in_place(|| resumed.event()).expect("the replay");
+    assert_eq!(replayed["data"]["n"], 2);
+    publisher.publish(user(44), numbered(3)).await.unwrap();
+    let (_, live) = tokio::task::block_in_place(|| resumed.event()).expect("live");
+    assert_eq!(live["data"]["n"], 3);
 }

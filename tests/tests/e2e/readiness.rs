@@ -22,7 +22,7 @@ async fn a_silently_broken_subscription_makes_the_node_not_ready() {
     proxy.set_stalled(0, true);
     gateway.wait_for_readiness(503);
     // Not ready because of the bus, not because the node is draining.
-    let (_, body) = e2e::http_get(gateway.addr, "/readyz").unwrap();
+    let (_, body) = e2e::http_get(gateway.internal, "/readyz").unwrap();
     let readyz: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(readyz["bus_connected"], false, "{body}");
     assert_eq!(readyz["draining"], false, "{body}");

@@ -44,9 +44,10 @@ async fn a_password_protected_redis_is_reached_with_the_password_in_the_url() {
 
 /// The least-privilege Redis user for gateways and publishers, as docs/SECURITY.md gives it.
 const ACL_RULES: &str = "gateway on >gw-acl-pw resetchannels &user_* &gateway_canary:* \
-    resetkeys ~history:user_* -@all +@connection +ping +unwatch +subscribe \
-    +unsubscribe +publish +evalsha +eval +script|load +exists +time +xadd +xtrim \
-    +pexpire +xrange +xrevrange +xinfo|stream";
+    resetkeys ~history:user_* ~schedule:{gw}:* ~presence:{gw}:* -@all +@connection +ping \
+    +unwatch +subscribe +unsubscribe +publish +evalsha +eval +script|load +exists +time \
+    +xadd +xtrim +pexpire +xrange +xrevrange +xinfo|stream +multi +exec +zadd +zrem +zrange \
+    +zrangebyscore +zremrangebyscore +hset +hget +hdel +hmget +hincrby +del";
 
 #[tokio::test]
 async fn a_least_privilege_acl_user_is_enough() {
@@ -63,7 +64,7 @@ async fn a_least_privilege_acl_user_is_enough() {
     let gateway = Gateway::start(Some(&redis), &[("GW__REDIS__URL", url.as_str())]);
     let mut client = WsClient::connect(&gateway.ws_url("52")).await;
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":52,"type":"info","message":"through the ACL user"}"#,
@@ -81,7 +82,7 @@ async fn a_least_privilege_acl_user_is_enough() {
     // History reads work under it too: a resume replays, the inbox API pages.
     let first_id = first["id"].as_str().expect("notifications carry their id");
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":52,"type":"info","message":"missed"}"#,
@@ -94,6 +95,30 @@ async fn a_least_privilege_acl_user_is_enough() {
     let (status, body) = e2e::http_get(gateway.addr, "/api/notifications/52").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("missed"), "{body}");
+
+    // Scheduled notifications and presence too: the gateway fires and reports under it.
+    let soon = std::time::SystemTime::now() + std::time::Duration::from_millis(200);
+    acl_publisher
+        .schedule(user(52), numbered(4), soon, "acl:52")
+        .await
+        .unwrap();
+    assert!(acl_publisher.cancel("acl:none").await.is_ok());
+    assert_eq!(resumed.next_json().await["message"], "note 4");
+    let deadline = std::time::Instant::now() + e2e::DEADLINE;
+    // Two sockets of user 52 are open on the gateway.
+    while acl_publisher.presence(&[user(52)], true).await.unwrap()[0].sockets != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence never counted the sockets"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(gateway.metric("gateway_presence_beat_failures_total"), 0);
+    assert!(
+        !gateway.log().contains("cannot be fired"),
+        "{}",
+        gateway.log()
+    );
 }
 
 #[tokio::test]
@@ -117,7 +142,7 @@ async fn redis_over_tls_with_a_private_ca() {
     );
     assert_eq!(client.next_json().await["message"], "note 4");
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":53,"type":"info","message":"over TLS"}"#,

@@ -437,7 +437,7 @@ async fn single_node_mode_resumes_from_its_memory_history() {
             r#"{{"user": 5, "type": "info", "message": "note {n}", "data": {{"n": {n}, "user": 5}}}}"#
         );
         let (status, answer) =
-            e2e::http_post_json(gateway.addr, "/api/publish", &[], &body).unwrap();
+            e2e::http_post_json(gateway.internal, "/api/publish", &[], &body).unwrap();
         assert_eq!(status, 200, "{answer}");
     };
     let mut client = WsClient::connect(&gateway.ws_url("5")).await;

@@ -229,7 +229,7 @@ async fn readiness_follows_whether_a_master_is_reachable() {
     assert_eq!(client.next_json().await["message"], "note 1");
 }
 
-const API_KEY: &str = "sentinel-publish-key-0123456789";
+const API_KEY: &str = "e5b2d8f1a4c7093e6b1d4f8a2c5e9b07";
 
 #[tokio::test]
 async fn every_publishing_path_takes_the_sentinel_setting() {
@@ -248,7 +248,7 @@ async fn every_publishing_path_takes_the_sentinel_setting() {
     // POST /api/publish on a gateway configured with redis.sentinels
     let auth = format!("Bearer {API_KEY}");
     let (status, answer) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[("Authorization", &auth)],
         r#"{"user": 42, "type": "info", "message": "from the API"}"#,
@@ -498,4 +498,70 @@ fn start_gateway_unready(set: &SentinelSet, extra: &[(&'static str, &str)]) -> G
     settings.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Gateway::spawn(None, &settings)
+}
+
+/// Scheduled notifications and presence on Sentinel: gateways fire through the master the
+/// sentinels name, before and after a failover, and presence follows the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_items_and_presence_follow_a_failover() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let mut set = SentinelSet::start(1);
+    let a = start_gateway(&set);
+    let b = start_gateway(&set);
+    let mut on_a = WsClient::connect(&a.ws_url("1")).await;
+    let _on_b = WsClient::connect(&b.ws_url("1")).await;
+    // No replica acks: after the failover the set has no replica left to acknowledge.
+    let publisher = Publisher::with_sentinel(
+        SentinelConfig::new(set.sentinel_addrs(), SentinelSet::MASTER_NAME),
+        PublisherOptions {
+            timeout: Duration::from_secs(20),
+            ..PublisherOptions::default()
+        },
+    )
+    .unwrap();
+    let wait_presence = |expected: u64| {
+        let publisher = publisher.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + e2e::DEADLINE;
+            loop {
+                let sockets = publisher.presence(&[user(1)], false).await.unwrap()[0].sockets;
+                if sockets == expected {
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "presence stuck at {sockets}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_presence(2).await;
+
+    let soon = SystemTime::now() + Duration::from_millis(300);
+    publisher
+        .schedule(user(1), numbered(1), soon, "before")
+        .await
+        .unwrap();
+    // Due long after the failover; rescheduled to soon once it is over.
+    let later = SystemTime::now() + Duration::from_secs(600);
+    publisher
+        .schedule(user(1), numbered(2), later, "after")
+        .await
+        .unwrap();
+    assert_eq!(on_a.next_json().await["data"]["n"], 1);
+
+    let old = set.kill_master();
+    set.wait_failover(old);
+    let soon = SystemTime::now() + Duration::from_millis(300);
+    publisher
+        .schedule(user(1), numbered(2), soon, "after")
+        .await
+        .unwrap();
+    let frame = on_a.next_json().await;
+    assert_eq!(frame["data"]["n"], 2, "{frame}");
+    let due = soon.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert_eq!(frame["timestamp"].as_u64(), Some(due));
+    // Presence is answered by the new master too.
+    wait_presence(2).await;
 }

@@ -30,7 +30,7 @@ async fn a_silent_peer_is_closed_by_the_heartbeat() {
     assert_eq!(code, Some(4000));
     gateway.wait_metric("gateway_sockets_open", |n| n == 1);
     let (status, _) = e2e::http_post_json(
-        gateway.addr,
+        gateway.internal,
         "/api/publish",
         &[],
         r#"{"user":52,"type":"info","message":"still here"}"#,

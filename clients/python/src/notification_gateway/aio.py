@@ -8,8 +8,9 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional, Tup
 import redis.asyncio as aioredis
 import redis.exceptions as rx
 
-from . import _core
+from . import _core, _schedule
 from ._core import NotificationLike, Receipt
+from ._schedule import Due
 from ._wire import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, new_token, script_args, user_id
 from .errors import GatewayError, InvalidInput
 from .options import PublisherOptions
@@ -82,6 +83,56 @@ class AsyncPublisher:
 
     async def publish_batch(self, batch: Iterable[Tuple[Any, NotificationLike]]) -> List[Receipt]:
         return await self._publish_batch(_core.prepare_batch(batch, self.options))
+
+    async def schedule(self, user: Any, notification: NotificationLike, at: Due, key: str) -> None:
+        """See :meth:`Publisher.schedule`."""
+        name, ms, value = _schedule.prepare_schedule(user, notification, at, key, self.options)
+
+        async def attempt(_retry: bool) -> Any:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zadd(_schedule.DUE_KEY, {name: ms})
+            pipe.hset(_schedule.ITEMS_KEY, name, value)
+            return await pipe.execute()
+
+        await self._execute(attempt)
+
+    async def cancel(self, key: str) -> bool:
+        """See :meth:`Publisher.cancel`."""
+        name = _schedule.schedule_key(key)
+
+        async def attempt(_retry: bool) -> Any:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrem(_schedule.DUE_KEY, name)
+            pipe.hdel(_schedule.ITEMS_KEY, name)
+            return await pipe.execute()
+
+        return bool((await self._execute(attempt))[0])
+
+    async def presence(self, users: Iterable[Any]) -> Dict[int, int]:
+        """See :meth:`Publisher.presence`."""
+        answer = await self._presence(users, False)
+        return {user: total for user, (total, _) in answer.items()}
+
+    async def presence_nodes(self, users: Iterable[Any]) -> Dict[int, Dict[str, int]]:
+        """See :meth:`Publisher.presence_nodes`."""
+        answer = await self._presence(users, True)
+        return {user: nodes for user, (_, nodes) in answer.items()}
+
+    async def _presence(
+        self, users: Iterable[Any], nodes: bool
+    ) -> Dict[int, Tuple[int, Dict[str, int]]]:
+        ids, args = _schedule.presence_args(users, nodes)
+        if not ids:
+            return {}
+
+        async def attempt(_retry: bool) -> Any:
+            try:
+                return await self._client.evalsha(_schedule.PRESENCE_SCRIPT_SHA, 1, *args)
+            except rx.NoScriptError:
+                await self._client.script_load(_schedule.PRESENCE_SCRIPT)
+                return await self._client.evalsha(_schedule.PRESENCE_SCRIPT_SHA, 1, *args)
+
+        return _schedule.parse_presence(ids, await self._execute(attempt))
 
     async def _publish_one(self, user: int, payload: bytes) -> Receipt:
         token = new_token()

@@ -9,8 +9,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 import redis
 import redis.exceptions as rx
 
-from . import _core
+from . import _core, _schedule
 from ._core import NotificationLike, Receipt
+from ._schedule import Due
 from ._wire import PUBLISH_SCRIPT, PUBLISH_SCRIPT_SHA, new_token, script_args, user_id
 from .errors import InvalidInput
 from .options import PublisherOptions
@@ -109,6 +110,58 @@ class Publisher:
         """Sends many notifications, each to its own user, in one round trip. Every one is
         validated before anything is sent; returns one receipt per notification, in order."""
         return self._publish_batch(_core.prepare_batch(batch, self.options))
+
+    def schedule(self, user: Any, notification: NotificationLike, at: Due, key: str) -> None:
+        """Schedules ``notification`` for ``user`` at ``at`` (an aware datetime or
+        milliseconds since the epoch) under your ``key`` (e.g. ``"booking:1881:expiring"``).
+        A gateway node publishes it when due, exactly once, with ``timestamp`` = ``at``.
+        Scheduling a key again replaces its item (reschedule). A time in the past fires at
+        once. See docs/SCHEDULING.md."""
+        name, ms, value = _schedule.prepare_schedule(user, notification, at, key, self.options)
+
+        def attempt(_retry: bool) -> Any:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zadd(_schedule.DUE_KEY, {name: ms})
+            pipe.hset(_schedule.ITEMS_KEY, name, value)
+            return pipe.execute()
+
+        self._execute(attempt)
+
+    def cancel(self, key: str) -> bool:
+        """Removes the item scheduled under ``key``; whether there was one (False once it
+        fired)."""
+        name = _schedule.schedule_key(key)
+
+        def attempt(_retry: bool) -> Any:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.zrem(_schedule.DUE_KEY, name)
+            pipe.hdel(_schedule.ITEMS_KEY, name)
+            return pipe.execute()
+
+        return bool(self._execute(attempt)[0])
+
+    def presence(self, users: Iterable[Any]) -> Dict[int, int]:
+        """Sockets each user has open across all live gateway nodes (at most 1,000 ids). A
+        node that died stops counting within ``presence.ttl_ms`` (2 s by default)."""
+        return {user: total for user, (total, _) in self._presence(users, False).items()}
+
+    def presence_nodes(self, users: Iterable[Any]) -> Dict[int, Dict[str, int]]:
+        """Like :meth:`presence`, per gateway node: ``{user: {node id: sockets}}``."""
+        return {user: nodes for user, (_, nodes) in self._presence(users, True).items()}
+
+    def _presence(self, users: Iterable[Any], nodes: bool) -> Dict[int, Tuple[int, Dict[str, int]]]:
+        ids, args = _schedule.presence_args(users, nodes)
+        if not ids:
+            return {}
+
+        def attempt(_retry: bool) -> Any:
+            try:
+                return self._client.evalsha(_schedule.PRESENCE_SCRIPT_SHA, 1, *args)
+            except rx.NoScriptError:
+                self._client.script_load(_schedule.PRESENCE_SCRIPT)
+                return self._client.evalsha(_schedule.PRESENCE_SCRIPT_SHA, 1, *args)
+
+        return _schedule.parse_presence(ids, self._execute(attempt))
 
     def _publish_one(self, user: int, payload: bytes) -> Receipt:
         token = new_token()

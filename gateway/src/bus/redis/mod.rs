@@ -42,6 +42,9 @@ use subscriber::{Subscriber, Timing};
 pub struct RedisBus {
     shared: Arc<Shared>,
     publisher: Publisher,
+    /// One connection of its own for the node's background loops (scheduled notifications,
+    /// presence heartbeats), so that they never grow the pool requests use.
+    background: Publisher,
     history: HistoryReader,
 }
 
@@ -105,15 +108,22 @@ impl RedisBus {
             min_replica_acks: settings.min_replica_acks,
             ..PublisherOptions::default()
         };
-        let (connector, publisher) = match topology {
+        let background_options = PublisherOptions {
+            pool_size: 1,
+            ..options
+        };
+        let (connector, publisher, background) = match topology {
             RedisTopology::Cluster(cluster) => {
-                let publisher = Publisher::with_cluster(cluster.clone(), options)
-                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
-                (None, publisher)
+                let open = |options| {
+                    Publisher::with_cluster(cluster.clone(), options)
+                        .map_err(|e| BusError::Unavailable(e.to_string()))
+                };
+                (None, open(options)?, open(background_options)?)
             }
             _ => {
                 let (connector, publisher) = connection::open(settings, topology, options)?;
-                (Some(connector), publisher)
+                let (_, background) = connection::open(settings, topology, background_options)?;
+                (Some(connector), publisher, background)
             }
         };
         let reader = HistoryReader {
@@ -165,8 +175,23 @@ impl RedisBus {
         Ok(RedisBus {
             shared,
             publisher,
+            background,
             history: reader,
         })
+    }
+}
+
+impl RedisBus {
+    /// The pooled publisher this bus publishes and reads history with (the scheduling and
+    /// presence endpoints share it).
+    pub fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    /// A publisher on one connection of its own, for the node's background loops: firing
+    /// scheduled notifications and presence heartbeats.
+    pub fn background_publisher(&self) -> Publisher {
+        self.background.clone()
     }
 }
 

@@ -68,6 +68,8 @@ Options:
   --quiet-ms MS          a worker reports once nothing arrived for this long (default 3000)
   --gateway ADDR[,ADDR]  use running gateways instead of starting them (needs --redis)
   --gateway-pid PID[,..] their pids, for memory and CPU figures
+  --gateway-internal ADDR[,ADDR]  their internal listeners (server.internal_bind), for the
+                         gateways' own socket count from /metrics
   --redis URL            use this Redis instead of starting one
   --cluster M            start a Redis Cluster of M masters (no replicas) instead of one Redis:
                          gateways on redis.cluster_nodes, publishing with SPUBLISH
@@ -75,6 +77,7 @@ Options:
   --auth jwt|none        jwt (default, production): the gateways verify an HS256 access token
                          that every socket presents (?token=); none: no token
   --jwt-secret S         the HS256 secret (default: the test suite's); for --gateway runs
+  --transport ws|sse     WebSocket sockets (default) or Server-Sent Events streams
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
@@ -177,6 +180,7 @@ struct Options {
     quiet_ms: u64,
     gateways: Vec<SocketAddr>,
     gateway_pids: Vec<u32>,
+    gateway_internals: Vec<SocketAddr>,
     redis_url: Option<String>,
     /// Masters of a Redis Cluster started for the run; 0: one plain Redis.
     cluster: usize,
@@ -184,6 +188,8 @@ struct Options {
     gateway_env: Vec<(String, String)>,
     /// The HS256 secret sockets sign their tokens with; `None`: auth.mode = none.
     jwt_secret: Option<String>,
+    /// "ws" or "sse".
+    transport: String,
 }
 
 impl Options {
@@ -208,11 +214,13 @@ impl Options {
             quiet_ms: 3000,
             gateways: Vec::new(),
             gateway_pids: Vec::new(),
+            gateway_internals: Vec::new(),
             redis_url: None,
             cluster: 0,
             user_base: 1_000_000,
             gateway_env: Vec::new(),
             jwt_secret: Some(e2e::jwt::SECRET.to_owned()),
+            transport: "ws".to_owned(),
         };
         match name {
             "custom" => {}
@@ -297,6 +305,7 @@ impl Options {
                 "--quiet-ms" => o.quiet_ms = num(flag, v)?,
                 "--gateway" => o.gateways = list(flag, v)?,
                 "--gateway-pid" => o.gateway_pids = list(flag, v)?,
+                "--gateway-internal" => o.gateway_internals = list(flag, v)?,
                 "--redis" => o.redis_url = Some(v.to_owned()),
                 "--cluster" => o.cluster = num(flag, v)?,
                 "--user-base" => o.user_base = num(flag, v)?,
@@ -308,6 +317,12 @@ impl Options {
                     }
                 }
                 "--jwt-secret" => o.jwt_secret = Some(v.to_owned()),
+                "--transport" => {
+                    if !matches!(v, "ws" | "sse") {
+                        return Err(format!("--transport: {v:?} is not ws or sse"));
+                    }
+                    o.transport = v.to_owned();
+                }
                 "--set" => {
                     for pair in v.split(',') {
                         let (key, value) = pair
@@ -430,6 +445,8 @@ struct Stage {
     redis_conn: Vec<redis::Connection>,
     publish_only: bool,
     targets: Vec<SocketAddr>,
+    /// Their internal listeners, where /metrics answers (empty when not known).
+    internals: Vec<SocketAddr>,
     pids: Vec<u32>,
 }
 
@@ -485,6 +502,12 @@ fn stage(o: &Options) -> Result<Stage, String> {
     } else {
         own_gateways.iter().map(|g| g.addr).collect()
     };
+    // /metrics answers on the internal listener.
+    let internals: Vec<SocketAddr> = if own_gateways.is_empty() {
+        o.gateway_internals.clone()
+    } else {
+        own_gateways.iter().map(|g| g.internal).collect()
+    };
     let pids: Vec<u32> = if own_gateways.is_empty() {
         o.gateway_pids.clone()
     } else {
@@ -499,6 +522,7 @@ fn stage(o: &Options) -> Result<Stage, String> {
         redis_conn,
         publish_only,
         targets,
+        internals,
         pids,
     })
 }
@@ -580,6 +604,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
         redis_conn: mut redis_conns,
         publish_only,
         targets,
+        internals,
         pids,
     } = stage(&o)?;
     let Sizes {
@@ -615,6 +640,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             connect_inflight: o.connect_inflight,
             connect_timeout_ms: 30_000,
             jwt_secret: o.jwt_secret.clone(),
+            transport: o.transport.clone(),
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -698,7 +724,11 @@ async fn conduct(o: Options) -> Result<Value, String> {
         "{ok} sockets open, {failed} failed, in {ramp_secs:.2} s ({:.0}/s)",
         ok as f64 / ramp_secs.max(1e-9)
     );
-    let gateway_count: Option<u64> = targets.iter().map(|&a| sockets_open(a)).sum();
+    let gateway_count: Option<u64> = if internals.is_empty() {
+        None
+    } else {
+        internals.iter().map(|&a| sockets_open(a)).sum()
+    };
 
     let mut at_hold = None;
     if o.hold_secs > 0.0 {
@@ -875,6 +905,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
 
     Ok(json!({
         "scenario": o.scenario,
+        "transport": o.transport,
         "clean": clean,
         "params": {
             "sockets": sockets,

@@ -31,6 +31,13 @@ pub struct WorkerPlan {
     /// With it, every socket presents an HS256 access token for its user (`?token=`), as a
     /// browser does against a gateway in `auth.mode = "jwt"`.
     pub jwt_secret: Option<String>,
+    /// "ws" (WebSocket) or "sse" (Server-Sent Events).
+    #[serde(default = "websocket")]
+    pub transport: String,
+}
+
+fn websocket() -> String {
+    "ws".to_owned()
 }
 
 impl WorkerPlan {

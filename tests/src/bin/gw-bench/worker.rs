@@ -155,22 +155,37 @@ async fn run(plan: WorkerPlan) {
             });
             sockets.push(socket.clone());
             let target = plan.target(user_index, j);
-            let mut url = format!("ws://{target}/ws/notifications/{}/", socket.user_id);
+            let mut url = match plan.transport.as_str() {
+                "sse" => format!("/sse/notifications/{}/", socket.user_id),
+                _ => format!("ws://{target}/ws/notifications/{}/", socket.user_id),
+            };
             if let Some(secret) = &plan.jwt_secret {
                 // Valid for the longest run; the gateway closes a socket when its token expires.
                 let claims = e2e::jwt::access_claims(socket.user_id, 24 * 3600);
                 url.push_str("?token=");
                 url.push_str(&e2e::jwt::hs256_with(&claims, secret));
             }
-            tokio::spawn(socket_task(
-                target,
-                plan.source_ip,
-                url,
-                socket,
-                tally.clone(),
-                permit,
-                connect_timeout,
-            ));
+            if plan.transport == "sse" {
+                tokio::spawn(sse_task(
+                    target,
+                    plan.source_ip,
+                    url,
+                    socket,
+                    tally.clone(),
+                    permit,
+                    connect_timeout,
+                ));
+            } else {
+                tokio::spawn(socket_task(
+                    target,
+                    plan.source_ip,
+                    url,
+                    socket,
+                    tally.clone(),
+                    permit,
+                    connect_timeout,
+                ));
+            }
             if last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
                 progress(&tally);
@@ -334,7 +349,7 @@ async fn socket_task(
     bump(&tally.closed, reason);
 }
 
-async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, String> {
+async fn connect(target: SocketAddr, source: Ipv4Addr) -> Result<TcpStream, String> {
     let io = |stage: &str, e: std::io::Error| format!("{stage}: {:?}", e.kind());
     let socket = TcpSocket::new_v4().map_err(|e| io("socket", e))?;
     // Pick the port at connect time, per destination: otherwise bind() reserves a port per
@@ -353,7 +368,11 @@ async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, Str
     socket
         .bind(SocketAddr::new(source.into(), 0))
         .map_err(|e| io("bind", e))?;
-    let stream = socket.connect(target).await.map_err(|e| io("connect", e))?;
+    socket.connect(target).await.map_err(|e| io("connect", e))
+}
+
+async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, String> {
+    let stream = connect(target, source).await?;
     // Small buffers: the client side holds tens of thousands of sockets.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
@@ -362,6 +381,117 @@ async fn open(target: SocketAddr, source: Ipv4Addr, url: &str) -> Result<Ws, Str
         .await
         .map_err(|e| format!("handshake: {}", short_error(&e)))?;
     Ok(ws)
+}
+
+/// A Server-Sent Events stream: `GET path`, then every `data:` line is a notification.
+async fn sse_task(
+    target: SocketAddr,
+    source: Ipv4Addr,
+    path: String,
+    socket: Arc<SocketState>,
+    tally: Arc<Tally>,
+    permit: OwnedSemaphorePermit,
+    connect_timeout: Duration,
+) {
+    let begun = Instant::now();
+    tally.first_start_ns.fetch_min(now_ns(), Relaxed);
+    let opened = timeout(connect_timeout, open_sse(target, source, &path)).await;
+    tally.last_done_ns.fetch_max(now_ns(), Relaxed);
+    drop(permit);
+    let (mut stream, mut body) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(reason)) => {
+            tally.failed.fetch_add(1, Relaxed);
+            bump(&tally.errors, reason);
+            return;
+        }
+        Err(_) => {
+            tally.failed.fetch_add(1, Relaxed);
+            bump(&tally.errors, "timeout".into());
+            return;
+        }
+    };
+    tally
+        .connect_us
+        .lock()
+        .unwrap()
+        .record(begun.elapsed().as_micros() as u64);
+    socket.connected.store(true, Relaxed);
+    tally.ok.fetch_add(1, Relaxed);
+
+    // `body` holds raw chunked bytes: `<hex size>\r\n<data>\r\n`. Decoded data goes to
+    // `events`, whose complete lines are handled.
+    let mut events: Vec<u8> = Vec::new();
+    let mut close = None;
+    let reason = 'read: loop {
+        while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+            let size = std::str::from_utf8(&body[..line_end])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+            let Some(size) = size else {
+                break 'read "bad chunk".to_owned();
+            };
+            if size == 0 {
+                break 'read close.take().unwrap_or_else(|| "end".to_owned());
+            }
+            if body.len() < line_end + 2 + size + 2 {
+                break;
+            }
+            events.extend_from_slice(&body[line_end + 2..line_end + 2 + size]);
+            body.drain(..line_end + 2 + size + 2);
+        }
+        while let Some(end) = events.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = events.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]);
+            if let Some(data) = line.strip_prefix("data: ") {
+                if data.starts_with("{\"code\"") {
+                    close = Some(format!("close {}", data.get(8..12).unwrap_or("?")));
+                } else {
+                    tally.on_text(&socket, data);
+                }
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+            Ok(0) => break close.take().unwrap_or_else(|| "eof".to_owned()),
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) => break format!("error: {:?}", e.kind()),
+        }
+    };
+    bump(&tally.closed, reason);
+}
+
+/// Connects and reads the response head; returns the stream and the body bytes read with it.
+async fn open_sse(
+    target: SocketAddr,
+    source: Ipv4Addr,
+    path: &str,
+) -> Result<(TcpStream, Vec<u8>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect(target, source).await?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nAccept: text/event-stream\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {:?}", e.kind()))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let at = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) => return Err("eof before the response".into()),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {:?}", e.kind())),
+        }
+    };
+    let status = String::from_utf8_lossy(&head[..at.min(12)]).into_owned();
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("http {}", status.get(9..12).unwrap_or("?")));
+    }
+    Ok((stream, head.split_off(at + 4)))
 }
 
 fn short_error(error: &WsError) -> String {

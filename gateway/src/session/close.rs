@@ -1,4 +1,5 @@
-//! The close codes this gateway sends, and what a client should do on each.
+//! Why the gateway ends a session, and what a client should do on each: WebSocket close
+//! codes, and the `code` of the final `gateway.close` event of a Server-Sent Events stream.
 
 use actix_ws::{CloseCode as WireCode, CloseReason};
 
@@ -24,6 +25,29 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    pub const ALL: [CloseCode; 7] = [
+        CloseCode::Normal,
+        CloseCode::ProtocolError,
+        CloseCode::MessageTooBig,
+        CloseCode::ServiceRestart,
+        CloseCode::IdleTimeout,
+        CloseCode::TokenExpired,
+        CloseCode::SlowConsumer,
+    ];
+
+    /// For metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::ProtocolError => "protocol_error",
+            CloseCode::MessageTooBig => "message_too_big",
+            CloseCode::ServiceRestart => "service_restart",
+            CloseCode::IdleTimeout => "idle_timeout",
+            CloseCode::TokenExpired => "token_expired",
+            CloseCode::SlowConsumer => "slow_consumer",
+        }
+    }
+
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,
@@ -71,15 +95,7 @@ mod tests {
 
     #[test]
     fn wire_codes_match_the_documented_table() {
-        for close in [
-            CloseCode::Normal,
-            CloseCode::ProtocolError,
-            CloseCode::MessageTooBig,
-            CloseCode::ServiceRestart,
-            CloseCode::IdleTimeout,
-            CloseCode::TokenExpired,
-            CloseCode::SlowConsumer,
-        ] {
+        for close in CloseCode::ALL {
             assert_eq!(u16::from(close.reason().code), close.code());
         }
     }
