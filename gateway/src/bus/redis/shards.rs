@@ -153,6 +153,54 @@ fn encode(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Live messages of users being (re)subscribed, held back until their catch-up from history
+/// is done: the readers deliver concurrently with this task, and a live message delivered
+/// first would advance the user's cursor past what the catch-up still has to replay (the hub
+/// drops anything older than the cursor). Released in order afterwards; the hub drops what the
+/// catch-up already delivered.
+#[derive(Default)]
+struct Held {
+    /// Fast path: nobody is held (one atomic load per message).
+    any: std::sync::atomic::AtomicBool,
+    users: std::sync::Mutex<HashMap<UserId, Vec<Vec<u8>>>>,
+}
+
+impl Held {
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<Vec<u8>>>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hold(&self, users: &[UserId]) {
+        let mut held = self.users();
+        for user in users {
+            held.entry(*user).or_default();
+        }
+        self.any.store(!held.is_empty(), Relaxed);
+    }
+
+    /// Delivers `payload` now, or keeps it if `user` is held.
+    fn deliver(&self, hub: &crate::hub::Hub, user: UserId, payload: &[u8]) {
+        if self.any.load(Relaxed) {
+            if let Some(queue) = self.users().get_mut(&user) {
+                queue.push(payload.to_vec());
+                return;
+            }
+        }
+        hub.deliver(user, payload);
+    }
+
+    /// Releases `users`, delivering what was held for them, in order.
+    fn release(&self, hub: &crate::hub::Hub, users: &[UserId]) {
+        let mut held = self.users();
+        for user in users {
+            for payload in held.remove(user).unwrap_or_default() {
+                hub.deliver(*user, &payload);
+            }
+        }
+        self.any.store(!held.is_empty(), Relaxed);
+    }
+}
+
 /// One subscriber connection to a master.
 struct Link {
     id: u64,
@@ -259,6 +307,8 @@ enum ShardError {
     Moved { slot: u16, to: String },
     #[error("no master known for slot {0}")]
     NoOwner(u16),
+    #[error("{0} is not a master (the slot map is stale)")]
+    NotMaster(String),
     #[error("history: {0}")]
     History(#[from] BusError),
 }
@@ -279,6 +329,9 @@ pub(super) struct ClusterSubscriber {
     lost: HashSet<UserId>,
     /// The link the canary channel is SSUBSCRIBEd on.
     canary_on: Option<String>,
+    held: Arc<Held>,
+    /// Nodes that pushed `sunsubscribe`: checked before anything is subscribed there again.
+    suspects: HashSet<String>,
 }
 
 impl ClusterSubscriber {
@@ -302,6 +355,8 @@ impl ClusterSubscriber {
             subscribed: HashMap::new(),
             lost: HashSet::new(),
             canary_on: None,
+            held: Arc::default(),
+            suspects: HashSet::new(),
         }
     }
 
@@ -424,6 +479,7 @@ impl ClusterSubscriber {
     }
 
     fn unsubscribed_by_redis(&mut self, addr: &str, channel: &[u8]) {
+        self.suspects.insert(addr.to_owned());
         if channel == self.base.shared.canary.channel.as_bytes() {
             if self.canary_on.as_deref() == Some(addr) {
                 self.canary_on = None;
@@ -541,27 +597,46 @@ impl ClusterSubscriber {
             }
         }
         for seed in &self.seeds {
-            let ask = async {
-                let url = match &self.password {
-                    Some(p) => format!("redis://:{}@{seed}", urlencode(p)),
-                    None => format!("redis://{seed}"),
-                };
-                let client = redis::Client::open(url).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                let reply: redis::Value = redis::cmd("CLUSTER")
-                    .arg("SLOTS")
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
-                SlotMap::parse(reply, seed)
-            };
-            if let Ok(Some(map)) = tokio::time::timeout(timeout, ask).await {
-                if !map.0.is_empty() {
-                    return Some(map);
-                }
+            if let Some(map) = self.slots_from(seed).await {
+                return Some(map);
             }
         }
         None
+    }
+
+    /// A short-lived plain connection to `node` (not a subscribed link: those only take
+    /// pub/sub commands).
+    async fn ask<T: redis::FromRedisValue>(&self, node: &str, cmd: &redis::Cmd) -> Option<T> {
+        let ask = async {
+            let url = match &self.password {
+                Some(p) => format!("redis://:{}@{node}", urlencode(p)),
+                None => format!("redis://{node}"),
+            };
+            let client = redis::Client::open(url).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            cmd.query_async(&mut conn).await.ok()
+        };
+        tokio::time::timeout(self.base.timing.ping_interval, ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// `CLUSTER SLOTS` as `node` sees it.
+    async fn slots_from(&self, node: &str) -> Option<SlotMap> {
+        let reply: redis::Value = self.ask(node, redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        SlotMap::parse(reply, node).filter(|map| !map.0.is_empty())
+    }
+
+    /// Whether `node` is a master now (`None`: it did not answer). A replica accepts
+    /// SSUBSCRIBE for its master's slots, but after a full resynchronisation (a demoted
+    /// master, a new replica) it never relays what was published before it was in sync: a
+    /// subscription there would skip notifications silently.
+    async fn is_master(&self, node: &str) -> Option<bool> {
+        let info: String = self
+            .ask(node, redis::cmd("INFO").arg("replication"))
+            .await?;
+        Some(info.lines().any(|l| l.trim() == "role:master"))
     }
 
     /// Subscribes the lost users the hub still wants (and the canary), unsubscribes the ones
@@ -574,6 +649,18 @@ impl ClusterSubscriber {
                     tracing::warn!("no cluster node answered CLUSTER SLOTS");
                     return false;
                 }
+            }
+        }
+        // A node that pushed sunsubscribe lost slots: to a migration (it is still a master),
+        // or to a failover (it is a replica now). Its own slot map is the freshest.
+        let suspects: Vec<String> = self.suspects.drain().collect();
+        for node in suspects {
+            if self.is_master(&node).await == Some(false) {
+                tracing::info!(shard = %node, "no longer a master: leaving it");
+                self.drop_link(&node);
+            }
+            if let Some(map) = self.slots_from(&node).await {
+                self.follow(map);
             }
         }
         let lost: Vec<UserId> = self.lost.drain().collect();
@@ -650,6 +737,7 @@ impl ClusterSubscriber {
         }
         let mut done = Vec::with_capacity(users.len());
         let mut failure = None;
+        self.held.hold(users);
         for (slot, group) in by_slot {
             for batch in group.chunks(BATCH) {
                 let channels: Vec<String> = batch.iter().map(|u| u.channel()).collect();
@@ -677,7 +765,9 @@ impl ClusterSubscriber {
             }
         }
         // Caught up even when some slots failed: the users subscribed here are live now.
-        self.base.catch_up(&done).await?;
+        let caught_up = self.base.catch_up(&done).await;
+        self.held.release(&self.base.hub, users);
+        caught_up?;
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
@@ -724,6 +814,9 @@ impl ClusterSubscriber {
         if let Some(link) = self.links.get(addr) {
             return Ok(link.id);
         }
+        if self.is_master(addr).await == Some(false) {
+            return Err(ShardError::NotMaster(addr.to_owned()));
+        }
         let timeout = self.base.timing.ping_interval;
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
             .await
@@ -739,6 +832,7 @@ impl ClusterSubscriber {
             self.events_tx.clone(),
             self.base.hub.clone(),
             self.base.shared.clone(),
+            self.held.clone(),
         ));
         self.links.insert(
             addr.to_owned(),
@@ -872,6 +966,7 @@ async fn read_link(
     events: mpsc::UnboundedSender<(u64, Event)>,
     hub: Arc<crate::hub::Hub>,
     shared: Arc<super::Shared>,
+    held: Arc<Held>,
 ) {
     let mut line = Vec::with_capacity(128);
     loop {
@@ -889,7 +984,7 @@ async fn read_link(
                                 .and_then(|s| s.parse().ok());
                             shared.canary.returned(seq.unwrap_or(0));
                         } else if let Some(user) = UserId::from_channel(channel) {
-                            hub.deliver(user, payload);
+                            held.deliver(&hub, user, payload);
                         }
                         continue;
                     }

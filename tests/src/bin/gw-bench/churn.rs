@@ -84,7 +84,10 @@ pub async fn run(o: Options) -> Result<Value, String> {
         let first_user = o.user_base + r * per_round;
         // A source address per round: the client side's ports never run short.
         let source = Ipv4Addr::new(127, 0, 1, 10 + (r % 200) as u8);
-        let round = one_round(&o, &publisher, target, metrics_at, source, first_user, per_round).await?;
+        let round = one_round(
+            &o, &publisher, target, metrics_at, source, first_user, per_round,
+        )
+        .await?;
         let round = finish(round, pid, baseline.1.map(|n| n + FD_SLACK)).await;
         say!(
             "round {}: {} open, {} failed, {} received, {} missed; RSS {:?} KiB, {:?} files ({:.1} s)",
