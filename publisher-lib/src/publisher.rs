@@ -829,8 +829,10 @@ impl Publisher {
                     .map(|(_, key, due, _, _)| (key, now_ms - due)),
             ),
         }
-        if !done.is_empty() {
-            self.acknowledge(&done).await?;
+        // Unacknowledged claims (the acknowledgement failed) come back after their lease and
+        // are recognised by their token: nothing is published twice.
+        if !done.is_empty() && self.acknowledge(&done).await.is_err() {
+            self.forget_connections();
         }
         Ok(report)
     }
@@ -846,15 +848,9 @@ impl Publisher {
         let PooledConnection::Cluster(cluster) = self.connection().await? else {
             unreachable!("only called on a Redis Cluster")
         };
-        let replies = tokio::time::timeout(
-            timeout,
-            script::query_each_settled(&cluster, pipe, &PUBLISH_SCRIPT),
-        )
-        .await;
-        let Ok(replies) = replies else {
-            self.forget_connections();
-            return Err(PublishError::Timeout(timeout));
-        };
+        // Each publish bounded on its own: one user's shard that stalls (a master that died)
+        // leaves the others' answers, and only its own item waits for the lease.
+        let replies = script::query_each_settled(&cluster, pipe, &PUBLISH_SCRIPT, timeout).await;
         let mut failed = false;
         let results: Vec<_> = replies
             .into_iter()
@@ -876,9 +872,16 @@ impl Publisher {
         if wanted > 0 {
             // Replicas of each shard written to must hold the entries before they count as
             // published; otherwise the claims stay and are published again after their lease.
+            let mut written = redis::pipe();
+            for (cmd, result) in pipe.cmd_iter().zip(&results) {
+                if result.is_ok() {
+                    written.add_command(cmd.clone());
+                }
+            }
             let mut wait = redis::cmd("WAIT");
             wait.arg(wanted).arg(timeout.as_millis().max(1) as u64);
-            let acked = tokio::time::timeout(timeout, wait_on_shards(&cluster, pipe, &wait)).await;
+            let acked =
+                tokio::time::timeout(timeout, wait_on_shards(&cluster, &written, &wait)).await;
             let acked = match acked {
                 Ok(Ok(acked)) => acked,
                 _ => 0,

@@ -532,3 +532,67 @@ async fn on_a_cluster_the_server_api_schedules_cancels_and_answers_presence() {
         gateway.log()
     );
 }
+
+/// The shard of one user is down (a master without a replica, SIGKILLed) when that user's item
+/// is due: the item is claimed, its publish gets no answer, and it stays claimed; an item for
+/// a user on a live shard, due at the same time, is delivered meanwhile. When the shard is
+/// back, the item is claimed again after its lease and delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_whose_users_shard_is_down_is_delivered_once_when_the_shard_is_back() {
+    let mut cluster = Cluster::start(3, 0);
+    let schedule_shard = cluster.owner(cluster.keyslot(DUE_KEY)).port;
+    let on_shard =
+        |cluster: &Cluster, id: u64| cluster.owner(cluster.keyslot(&format!("user_{id}"))).port;
+    // Two users on the two shards that do not hold the schedule.
+    let down = (1..)
+        .find(|id| on_shard(&cluster, *id) != schedule_shard)
+        .unwrap();
+    let down_shard = on_shard(&cluster, down);
+    let live = (1..)
+        .find(|id| ![schedule_shard, down_shard].contains(&on_shard(&cluster, *id)))
+        .unwrap();
+    let gateway = start_gateway(&cluster);
+    let mut down_client = WsClient::connect(&gateway.ws_url(&down.to_string())).await;
+    let mut live_client = WsClient::connect(&gateway.ws_url(&live.to_string())).await;
+    let publisher = cluster_publisher(&cluster);
+
+    cluster.node(down_shard).kill();
+    let due = now_ms() + 300;
+    for (id, n) in [(down, 1), (live, 2)] {
+        publisher
+            .schedule(user(id), numbered(n), at(due), &format!("user:{id}"))
+            .await
+            .unwrap();
+    }
+    let frame = live_client.next_json().await;
+    assert_eq!(
+        frame["data"]["n"], 2,
+        "the live shard's user is not held up"
+    );
+    gateway.wait_log("its user's Redis shard did not answer");
+    let claims: u64 = query(&publisher, redis::cmd("HLEN").arg(CLAIMS_KEY)).await;
+    assert_eq!(claims, 1, "the other item stays claimed");
+
+    cluster.node(down_shard).restart();
+    cluster.wait_settled(3);
+    let frame = down_client.next_json().await;
+    assert_eq!(frame["data"]["n"], 1);
+    assert_eq!(frame["timestamp"].as_u64(), Some(due));
+    wait_schedule_empty(&publisher).await;
+    let stored: Vec<u64> = history(&publisher, down)
+        .await
+        .iter()
+        .map(|(_, _, p)| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stored, [1], "stored once");
+    // Nothing more for either user: a marker for each arrives next.
+    let marker = now_ms();
+    for id in [down, live] {
+        publisher
+            .schedule(user(id), numbered(99), at(marker), &format!("marker:{id}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(down_client.next_json().await["data"]["n"], 99);
+    assert_eq!(live_client.next_json().await["data"]["n"], 99);
+}
