@@ -779,7 +779,17 @@ impl Publisher {
         type Claim = (String, String, i64, String, Vec<u8>);
         type Reply = (i64, i64, Vec<Claim>, Vec<(String, i64)>);
         let lease = self.claim_lease().as_millis() as u64;
-        let ((now_ms, next, claims, dropped),): (Reply,) = self
+        // Claims and acknowledgements need no replica's confirmation (min_replica_acks): one
+        // lost in a failover of the {gw} master makes the item fire again under the same
+        // token, which publishes nothing new.
+        let unconfirmed = Publisher {
+            connections: self.connections.clone(),
+            options: PublisherOptions {
+                min_replica_acks: 0,
+                ..self.options
+            },
+        };
+        let ((now_ms, next, claims, dropped),): (Reply,) = unconfirmed
             .execute_with(&CLAIM_SCRIPT, |_| {
                 let mut invocation = CLAIM_SCRIPT.prepare_invoke();
                 invocation
@@ -847,7 +857,7 @@ impl Publisher {
         }
         // Unacknowledged claims (the acknowledgement failed) come back after their lease and
         // are recognised by their token: nothing is published twice.
-        if !done.is_empty() && self.acknowledge(&done).await.is_err() {
+        if !done.is_empty() && unconfirmed.acknowledge(&done).await.is_err() {
             self.forget_connections();
         }
         Ok(report)

@@ -599,3 +599,116 @@ async fn an_item_whose_users_shard_is_down_is_delivered_once_when_the_shard_is_b
     assert_eq!(down_client.next_json().await["data"]["n"], 99);
     assert_eq!(live_client.next_json().await["data"]["n"], 99);
 }
+
+/// The master of the schedule's slot (`{gw}`) is SIGKILLed while items are firing; its
+/// replica takes over. Claims or acknowledgements it had not yet passed to the replica come
+/// back (the item is claimed again under the same token): every item is still delivered and
+/// stored exactly once, never early. The users are on the other shards, so their history is
+/// untouched by the failover and the count is the schedule's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn items_fire_exactly_once_across_a_failover_of_the_schedules_master() {
+    const ITEMS: u64 = 300;
+    let cluster = Cluster::start(3, 1);
+    let schedule_slot = cluster.keyslot(DUE_KEY);
+    let schedule_shard = cluster.owner(schedule_slot).port;
+    let users: Vec<u64> = (1..)
+        .filter(|id| cluster.owner(cluster.keyslot(&format!("user_{id}"))).port != schedule_shard)
+        .take(30)
+        .collect();
+    let nodes = cluster.seed_addrs().join(",");
+    let settings = [
+        ("GW__REDIS__CLUSTER_NODES", nodes.as_str()),
+        // Published entries count once the user's replica has them too.
+        ("GW__REDIS__MIN_REPLICA_ACKS", "1"),
+    ];
+    let gateways = [
+        Gateway::start(None, &settings),
+        Gateway::start(None, &settings),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    for (i, id) in users.iter().enumerate() {
+        let mut client = WsClient::connect(&gateways[i % 2].ws_url(&id.to_string())).await;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = client.next_frame().await {
+                if tx.send(frame).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    // Scheduled items are on the replica before schedule() returns.
+    let publisher = Publisher::with_cluster(
+        ClusterConfig::new(cluster.seed_addrs()),
+        PublisherOptions {
+            timeout: Duration::from_secs(10),
+            min_replica_acks: 1,
+            ..PublisherOptions::default()
+        },
+    )
+    .unwrap();
+    let start = now_ms() + 1500;
+    let due = move |i: u64| start + i * 20;
+    for i in 0..ITEMS {
+        let id = users[i as usize % users.len()];
+        publisher
+            .schedule(user(id), numbered(i), at(due(i)), &format!("f:{i}"))
+            .await
+            .unwrap();
+    }
+
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let mut held = Some(cluster);
+    let mut failover = None;
+    let mut latest = 0;
+    let deadline = Instant::now() + Duration::from_secs(2 + 6) + FAILOVER + DEADLINE;
+    while seen.len() < ITEMS as usize {
+        let frame = tokio::time::timeout_at(deadline.into(), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {ITEMS} items arrived", seen.len()))
+            .expect("readers alive");
+        if frame["event"] == "gateway.missed" {
+            continue;
+        }
+        let n = frame["data"]["n"].as_u64().unwrap();
+        *seen.entry(n).or_default() += 1;
+        let fired = id_ms(&frame);
+        assert!(fired >= due(n), "item {n} fired early");
+        latest = latest.max(fired - due(n));
+        if failover.is_none() && seen.len() >= ITEMS as usize / 3 {
+            let mut cluster = held.take().expect("the cluster");
+            let old = cluster.kill_owner(schedule_slot);
+            failover = Some(tokio::task::spawn_blocking(move || {
+                let new = cluster.wait_failover(old, schedule_slot);
+                (cluster, old, new)
+            }));
+        }
+    }
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        if let Some(n) = frame["data"]["n"].as_u64() {
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    let (cluster, old, new) = failover.expect("killed").await.unwrap();
+    let duplicates: Vec<_> = seen.iter().filter(|(_, &count)| count > 1).collect();
+    assert!(duplicates.is_empty(), "delivered twice: {duplicates:?}");
+    let mut stored = Vec::new();
+    for id in &users {
+        for (_, _, payload) in history(&publisher, *id).await {
+            stored.push(payload["data"]["n"].as_u64().unwrap());
+        }
+    }
+    stored.sort_unstable();
+    assert_eq!(stored, (0..ITEMS).collect::<Vec<_>>(), "each stored once");
+    wait_schedule_empty(&publisher).await;
+    println!(
+        "cluster: the schedule's master {old} SIGKILLed mid-way, {new} took over: {} items delivered once each, {} stored, none early; latest {latest} ms after its due time (load average {})",
+        seen.len(),
+        stored.len(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+    drop(cluster);
+}
+
+/// How long a replica may take to replace a killed master here (as in the topology harness).
+const FAILOVER: Duration = e2e::topology::FAILOVER_DEADLINE;
