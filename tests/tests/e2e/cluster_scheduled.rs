@@ -712,3 +712,52 @@ async fn items_fire_exactly_once_across_a_failover_of_the_schedules_master() {
 
 /// How long a replica may take to replace a killed master here (as in the topology harness).
 const FAILOVER: Duration = e2e::topology::FAILOVER_DEADLINE;
+
+/// No gateway runs at the due time: on a cluster too, the first one back delivers the item
+/// late, or drops it (counted and logged) when it is later than `schedule.max_lateness_ms`.
+#[tokio::test]
+async fn on_a_cluster_items_due_while_every_gateway_is_down_fire_late_or_are_dropped() {
+    let cluster = Cluster::start(3, 0);
+    let publisher = cluster_publisher(&cluster);
+    let nodes = cluster.seed_addrs().join(",");
+    let gateway = |max_lateness: &str| {
+        Gateway::start(
+            None,
+            &[
+                ("GW__REDIS__CLUSTER_NODES", nodes.as_str()),
+                ("GW__SCHEDULE__MAX_LATENESS_MS", max_lateness),
+            ],
+        )
+    };
+    let due = now_ms() + 100;
+    publisher
+        .schedule(user(4), numbered(1), at(due), "too-late")
+        .await
+        .unwrap();
+    // Wait out the due time with no gateway running (the time itself is the event here).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let strict = gateway("300");
+    strict.wait_metric("gateway_scheduled_dropped_total", |n| n == 1);
+    strict.wait_log("scheduled notification dropped");
+    assert!(strict.log().contains("too-late"), "the log names the key");
+    assert_eq!(strict.metric("gateway_scheduled_fired_total"), 0);
+    drop(strict);
+    assert!(history(&publisher, 4).await.is_empty(), "not stored");
+    assert_eq!(schedule_sizes(&publisher).await, (0, 0, 0, 0));
+
+    let due = now_ms() + 100;
+    publisher
+        .schedule(user(4), numbered(2), at(due), "late-but-wanted")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let lenient = gateway("60000");
+    lenient.wait_metric("gateway_scheduled_fired_total", |n| n == 1);
+    let stored = history(&publisher, 4).await;
+    assert_eq!(stored.len(), 1, "delivered once");
+    assert_eq!(stored[0].2["data"]["n"], 2);
+    assert_eq!(stored[0].2["timestamp"].as_u64(), Some(due));
+    let fired: u64 = stored[0].0.split('-').next().unwrap().parse().unwrap();
+    assert!(fired >= due + 600, "fired late, when the gateway came back");
+    assert_eq!(lenient.metric("gateway_scheduled_dropped_total"), 0);
+}
