@@ -761,3 +761,55 @@ async fn on_a_cluster_items_due_while_every_gateway_is_down_fire_late_or_are_dro
     assert!(fired >= due + 600, "fired late, when the gateway came back");
     assert_eq!(lenient.metric("gateway_scheduled_dropped_total"), 0);
 }
+
+/// Claimed is fired, as on one Redis where claiming and publishing are one step: cancelling a
+/// claimed item answers false and does not stop it; scheduling its key again makes a new item
+/// that fires at its own time, and the claim's acknowledgement leaves that one alone.
+#[tokio::test]
+async fn on_a_cluster_a_claimed_item_is_fired_and_its_key_can_be_scheduled_again() {
+    let cluster = Cluster::start(3, 0);
+    let publisher = cluster_publisher(&cluster);
+    let due = now_ms() - 10;
+    publisher
+        .schedule(user(8), numbered(1), at(due), "booking:9:expired")
+        .await
+        .unwrap();
+    // A gateway claims it (by hand here, with a 200 ms lease) and is slow to publish it.
+    let mut conn = publisher.connection().await.unwrap();
+    let (_, _, claims, _): (i64, i64, Vec<redis::Value>, Vec<redis::Value>) =
+        redis::Script::new(publisher::schedule::CLAIM_SCRIPT)
+            .key(DUE_KEY)
+            .key(ITEMS_KEY)
+            .key(CLAIMS_KEY)
+            .key(LEASES_KEY)
+            .arg(10)
+            .arg(0)
+            .arg(200)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(claims.len(), 1);
+    assert!(
+        !publisher.cancel("booking:9:expired").await.unwrap(),
+        "claimed: too late to cancel"
+    );
+    let renewed = now_ms() + 1500;
+    publisher
+        .schedule(user(8), numbered(2), at(renewed), "booking:9:expired")
+        .await
+        .unwrap();
+
+    let gateway = start_gateway(&cluster);
+    let mut client = WsClient::connect(&format!("{}?last_id=0-0", gateway.ws_url("8"))).await;
+    let first = client.next_json().await;
+    assert_eq!(
+        first["data"]["n"], 1,
+        "the claimed item, once its lease ran out"
+    );
+    let second = client.next_json().await;
+    assert_eq!(second["data"]["n"], 2, "the new item");
+    assert_eq!(second["timestamp"].as_u64(), Some(renewed));
+    assert!(id_ms(&second) >= renewed, "at its own time");
+    wait_schedule_empty(&publisher).await;
+    assert_eq!(history(&publisher, 8).await.len(), 2, "each stored once");
+}
