@@ -236,7 +236,10 @@ mod tests {
         assert!(!hub.wants(user(1)), "the first released after its linger");
         assert!(hub.wants(user(2)), "the second still lingering");
         tokio::time::sleep(LINGER / 2).await;
-        assert!(!hub.wants(user(2)), "the second released after its own linger");
+        assert!(
+            !hub.wants(user(2)),
+            "the second released after its own linger"
+        );
         // The queue emptied; a later detach wakes the release task again.
         let third = subscriptions.attach(user(3), 10).await.unwrap();
         subscriptions.detach(user(3), third.socket);
