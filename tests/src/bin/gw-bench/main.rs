@@ -41,7 +41,8 @@ usage: gw-bench [--scenario NAME] [OPTIONS]      one run, one JSON line on stdou
 Scenarios (options given after them override their values):
   smoke  300 sockets (3 per user) on 2 replicas, 1,000 notifications as fast as possible
   a      1,000 sockets, 20,000 notifications as fast as possible
-  b      1,000 sockets, 2,000 notifications per second for 10 s
+  b      1,000 sockets, 2,000 notifications per second for 10 s, then the echo floor: the
+         same sockets, rate and frames against a trivial echo server (--echo-floor off: skip)
   c      10,000 idle sockets (memory), then one notification each
   d      as many sockets as one gateway process can hold (its open-file limit), one each
   d3     the same on each of 3 replicas behind one Redis
@@ -86,6 +87,9 @@ Options:
   --jitter-ms MS         storm: its clients reconnect after a uniform 0..MS pause (default 1000)
   --rounds N             churn: rounds (default 100)
   --churn-from N         churn: RSS growth is measured from the end of this round (default 20)
+  --echo-floor on|off    after the run, the same sockets, schedule and timing against a trivial
+                         WebSocket echo server, reported beside the gateway's latency (needs
+                         --rate; default on for scenario b)
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
@@ -122,6 +126,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker") {
         return worker::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("echo-server") {
+        return echo::server_main();
     }
     if args.first().map(String::as_str) == Some("storm-worker") {
         return storm::worker_main(&args[1..]);
@@ -165,6 +172,7 @@ macro_rules! say {
 }
 
 mod churn;
+mod echo;
 mod storm;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,6 +223,8 @@ struct Options {
     churn_from: u64,
     kill_after_secs: f64,
     jitter_ms: u64,
+    /// Measure the echo floor after the run ([`echo`]).
+    echo_floor: bool,
 }
 
 impl Options {
@@ -250,6 +260,7 @@ impl Options {
             churn_from: 20,
             kill_after_secs: 5.0,
             jitter_ms: 1000,
+            echo_floor: false,
         };
         match name {
             "custom" => {}
@@ -264,6 +275,7 @@ impl Options {
             "b" => {
                 o.rate = 2000.0;
                 o.duration_secs = Some(10.0);
+                o.echo_floor = true;
             }
             "c" => o.sockets = SocketCount::Exactly(10_000),
             "d" => o.sockets = SocketCount::Cap,
@@ -315,6 +327,7 @@ impl Options {
                 })
                 .collect()
         }
+        let mut echo_given = false;
         for (flag, v) in pairs {
             match flag {
                 "--scenario" => {}
@@ -365,6 +378,14 @@ impl Options {
                 "--kill-after" => o.kill_after_secs = num(flag, v)?,
                 "--jitter-ms" => o.jitter_ms = num(flag, v)?,
                 "--churn-from" => o.churn_from = num(flag, v)?,
+                "--echo-floor" => {
+                    echo_given = true;
+                    o.echo_floor = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("--echo-floor: {v:?} is not on or off")),
+                    }
+                }
                 "--set" => {
                     for pair in v.split(',') {
                         let (key, value) = pair
@@ -393,6 +414,22 @@ impl Options {
         }
         if o.rate < 0.0 || o.connect_rate < 0.0 {
             return Err("rates cannot be negative".into());
+        }
+        let floor_possible =
+            o.rate > 0.0 && o.transport == "ws" && o.sockets != SocketCount::Exactly(0);
+        if !echo_given && !floor_possible {
+            // Scenario b's default, where the options given make a floor meaningless.
+            o.echo_floor = false;
+        }
+        if o.echo_floor && o.rate == 0.0 {
+            return Err("--echo-floor on needs --rate: the floor replays a steady schedule".into());
+        }
+        if o.echo_floor && (o.transport != "ws" || o.sockets == SocketCount::Exactly(0)) {
+            return Err(
+                "--echo-floor on needs WebSocket sockets (--transport ws, --sockets > 0); \
+                 give --echo-floor off"
+                    .into(),
+            );
         }
         Ok(o)
     }
@@ -683,6 +720,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             connect_timeout_ms: 30_000,
             jwt_secret: o.jwt_secret.clone(),
             transport: o.transport.clone(),
+            echo: false,
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -897,6 +935,29 @@ async fn conduct(o: Options) -> Result<Value, String> {
         }
     }
 
+    // The echo floor, with the gateway and Redis idle beside it.
+    let floor = if o.echo_floor {
+        Some(echo::floor(&o, users, messages, workers, users_per_worker).await?)
+    } else {
+        None
+    };
+    let ratio = |q: f64| -> Option<f64> {
+        let floor = floor.as_ref()?.latency_us.quantile(q)?;
+        let gateway = latency_us.quantile(q)?;
+        Some(round(gateway as f64 / floor.max(1) as f64, 2))
+    };
+    if let Some(floor) = &floor {
+        let ms = |h: &Histogram, q: f64| h.quantile(q).map_or(f64::NAN, |us| us as f64 / 1000.0);
+        say!(
+            "latency p50 / p99: gateway {:.3} / {:.3} ms, echo floor {:.3} / {:.3} ms; p99 / floor p99 = {}",
+            ms(&latency_us, 0.5),
+            ms(&latency_us, 0.99),
+            ms(&floor.latency_us, 0.5),
+            ms(&floor.latency_us, 0.99),
+            ratio(0.99).map_or("-".to_owned(), |r| format!("{r:.2}"))
+        );
+    }
+
     let rss_idle = sum(&idle.rss_kib);
     let rss_connected = sum(&at_connect.rss_kib);
     let per_socket_kib = match (rss_idle, rss_connected) {
@@ -965,6 +1026,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "connect_rate": o.connect_rate,
             "connect_inflight": o.connect_inflight,
             "auth": if o.jwt_secret.is_some() { "jwt" } else { "none" },
+            "echo_floor": o.echo_floor,
             "gateway_env": o.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "conditions": {
@@ -1017,6 +1079,12 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "per_second": round(total.delivered as f64 / delivery_secs.max(1e-9), 0),
             "latency_ms": millis(&latency_us),
         },
+        // The same sockets, schedule and timing against a trivial echo server (see echo.rs).
+        "echo_floor": floor.as_ref().map(|f| f.json.clone()),
+        "latency_vs_floor": floor.as_ref().map(|_| json!({
+            "p50_ratio": ratio(0.5),
+            "p99_ratio": ratio(0.99),
+        })),
         "cpu_seconds": {
             "connect": {
                 "gateway": cpu_delta(&idle.gateway_cpu, &at_connect.gateway_cpu).map(|c| round(c, 3)),
