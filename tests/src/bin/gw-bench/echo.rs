@@ -116,6 +116,7 @@ pub async fn floor(
             jwt_secret: o.jwt_secret.clone(),
             transport: "ws".to_owned(),
             echo: true,
+            trace: o.trace_dir.as_ref().map(|d| format!("{d}/echo-w{w}.tsv")),
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -160,6 +161,11 @@ pub async fn floor(
     say!("echo floor: {ok} sockets open on the echo server, {failed} failed; sending {messages} frames at {}/s", o.rate);
 
     let server_cpu_before = procfs::cpu_time(server_pid).map(|d| d.as_secs_f64());
+    let mut waiting = crate::sched::Groups::default();
+    waiting.add("echo_server", [server_pid]);
+    waiting.add("tool", [std::process::id()]);
+    waiting.add("workers", children.iter().filter_map(|c| c.id()));
+    let waits_before = waiting.read();
     // Notification 0 is due shortly after every worker has the command.
     let command = Command::Echo {
         messages,
@@ -200,6 +206,7 @@ pub async fn floor(
             latency_us.merge(&r.latency_us);
         }
     }
+    let waits_after = waiting.read();
     let server_cpu = server_cpu_before
         .zip(procfs::cpu_time(server_pid).map(|d| d.as_secs_f64()))
         .map(|(a, b)| round(b - a, 3));
@@ -225,6 +232,7 @@ pub async fn floor(
         "misrouted": total.misrouted,
         "latency_ms": millis(&latency_us),
         "server_cpu_seconds": server_cpu,
+        "run_queue_wait_us_per_notification": crate::sched::per_event_us(&waits_before, &waits_after, messages),
         "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
             .split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     });

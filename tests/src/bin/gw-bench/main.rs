@@ -90,6 +90,8 @@ Options:
   --echo-floor on|off    after the run, the same sockets, schedule and timing against a trivial
                          WebSocket echo server, reported beside the gateway's latency (needs
                          --rate; default on for scenario b)
+  --trace-frames DIR     each worker writes `user seq sent_ns received_ns` of every frame to
+                         DIR/gateway-wN.tsv (and DIR/echo-wN.tsv), for tail analysis
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
@@ -173,6 +175,7 @@ macro_rules! say {
 
 mod churn;
 mod echo;
+mod sched;
 mod storm;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -225,6 +228,8 @@ struct Options {
     jitter_ms: u64,
     /// Measure the echo floor after the run ([`echo`]).
     echo_floor: bool,
+    /// Each worker writes every frame's send and receive time into this directory.
+    trace_dir: Option<String>,
 }
 
 impl Options {
@@ -261,6 +266,7 @@ impl Options {
             kill_after_secs: 5.0,
             jitter_ms: 1000,
             echo_floor: false,
+            trace_dir: None,
         };
         match name {
             "custom" => {}
@@ -378,6 +384,7 @@ impl Options {
                 "--kill-after" => o.kill_after_secs = num(flag, v)?,
                 "--jitter-ms" => o.jitter_ms = num(flag, v)?,
                 "--churn-from" => o.churn_from = num(flag, v)?,
+                "--trace-frames" => o.trace_dir = Some(v.to_owned()),
                 "--echo-floor" => {
                     echo_given = true;
                     o.echo_floor = match v {
@@ -470,6 +477,16 @@ fn redis_cpu(conn: &mut redis::Connection) -> Option<f64> {
             .ok()
     };
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
+}
+
+/// The pid of a local Redis (INFO server).
+fn redis_pid(conn: &mut redis::Connection) -> Option<u32> {
+    let info: String = redis::cmd("INFO").arg("server").query(conn).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// None when a value is missing, or when there is none (gateways without a known pid).
@@ -721,6 +738,10 @@ async fn conduct(o: Options) -> Result<Value, String> {
             jwt_secret: o.jwt_secret.clone(),
             transport: o.transport.clone(),
             echo: false,
+            trace: o
+                .trace_dir
+                .as_ref()
+                .map(|d| format!("{d}/gateway-w{w}.tsv")),
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -832,6 +853,15 @@ async fn conduct(o: Options) -> Result<Value, String> {
     .map_err(|e| e.to_string())?;
     publisher.ping().await.map_err(|e| e.to_string())?;
     let before_publish = snapshot(&pids, &mut redis_conns);
+    // Who waited for a CPU while notifications flowed (local processes only).
+    let mut waiting = sched::Groups::default();
+    waiting.add("gateway", pids.iter().copied());
+    if o.redis_url.is_none() {
+        waiting.add("redis", redis_conns.iter_mut().filter_map(redis_pid));
+    }
+    waiting.add("tool", [std::process::id()]);
+    waiting.add("workers", handles.iter().filter_map(|h| h.child.id()));
+    let waits_before = waiting.read();
     say!(
         "publishing {messages} notifications ({})",
         if o.rate > 0.0 {
@@ -911,6 +941,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             worker_cpu_publish += r.cpu_secs - worker_cpu_connected[w];
         }
     }
+    let waits_after = waiting.read();
     let end = snapshot(&pids, &mut redis_conns);
     let delivery_secs = total.last_rx_ns.saturating_sub(publish_start_ns) as f64 / 1e9;
     let frames = total.delivered + total.duplicated + total.misrouted + total.unexpected;
@@ -1097,6 +1128,9 @@ async fn conduct(o: Options) -> Result<Value, String> {
                 "tool": round(tool_publish, 3),
             },
         },
+        // Time runnable threads waited for a core while notifications flowed, from
+        // /proc/<pid>/task/*/schedstat, per notification published.
+        "run_queue_wait_us_per_notification": sched::per_event_us(&waits_before, &waits_after, outcome.sent),
         "cpu_us_per_frame": {
             "gateway": per_frame_us(gateway_publish),
             "redis": per_frame_us(redis_publish),

@@ -38,6 +38,9 @@ pub struct WorkerPlan {
     /// and can send, for [`Command::Echo`].
     #[serde(default)]
     pub echo: bool,
+    /// Write every frame's `user seq sent_ns received_ns` to this file when reporting.
+    #[serde(default)]
+    pub trace: Option<String>,
 }
 
 fn websocket() -> String {

@@ -82,6 +82,8 @@ struct Tally {
     misrouted: AtomicU64,
     malformed: AtomicU64,
     latency_us: Mutex<Histogram>,
+    /// With `--trace-frames`: `[user, seq, sent_ns, received_ns]` of every frame.
+    trace: Option<Mutex<Vec<[u64; 4]>>>,
     last_rx_ns: AtomicU64,
     closed: Mutex<BTreeMap<String, u64>>,
 }
@@ -118,6 +120,9 @@ impl Tally {
             .lock()
             .unwrap()
             .record(now.saturating_sub(t) / 1000);
+        if let Some(trace) = &self.trace {
+            trace.lock().unwrap().push([u, s, t, now]);
+        }
         let (word, bit) = ((s / 64) as usize, 1u64 << (s % 64));
         let mut seen = socket.seen.lock().unwrap();
         if seen.len() <= word {
@@ -137,6 +142,7 @@ impl Tally {
 async fn run(plan: WorkerPlan) {
     let tally = Arc::new(Tally {
         first_start_ns: AtomicU64::new(u64::MAX),
+        trace: plan.trace.is_some().then(Mutex::default),
         ..Tally::default()
     });
     let permits = Arc::new(Semaphore::new(plan.connect_inflight.max(1)));
@@ -227,6 +233,7 @@ async fn run(plan: WorkerPlan) {
                 quiet_ms,
             }) => {
                 let report = drain(&sockets, &tally, messages, users, quiet_ms).await;
+                write_trace(&plan, &tally);
                 emit(&Event::Report(report));
             }
             Ok(Command::Echo {
@@ -246,10 +253,25 @@ async fn run(plan: WorkerPlan) {
                 };
                 send_echoes(&plan, &sockets, &schedule, Arc::from(message)).await;
                 let report = drain(&sockets, &tally, messages, users, quiet_ms).await;
+                write_trace(&plan, &tally);
                 emit(&Event::Report(report));
             }
             Err(e) => eprintln!("gw-bench worker {}: bad command {line:?}: {e}", plan.worker),
         }
+    }
+}
+
+/// Writes the frames traced (`user seq sent_ns received_ns`, one a line) to the plan's file.
+fn write_trace(plan: &WorkerPlan, tally: &Tally) {
+    let (Some(path), Some(trace)) = (&plan.trace, &tally.trace) else {
+        return;
+    };
+    let mut text = String::new();
+    for [u, s, t, rx] in trace.lock().unwrap().iter() {
+        text.push_str(&format!("{u} {s} {t} {rx}\n"));
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("gw-bench worker {}: writing {path}: {e}", plan.worker);
     }
 }
 
