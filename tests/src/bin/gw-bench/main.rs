@@ -64,6 +64,8 @@ Options:
   --publish batch|single as fast as possible through publish_batch (default) or publish
   --batch B              notifications per publish_batch call (default 256)
   --inflight K           publish calls in flight at once (default 4)
+  --pool N               the publisher's pooled Redis connections (default: --inflight; 16 with
+                         --rate, where calls are not limited to --inflight)
   --message-bytes N      length of each notification's message text (default 16)
   --replicas K           gateways to start (default 1)
   --connect-rate R       new sockets per second, in all (default 10000; 0 = unbounded)
@@ -119,6 +121,9 @@ fn gateway_settings(redis_url: &str, jwt_secret: Option<&str>) -> Vec<(&'static 
         ])
         .collect()
 }
+
+/// Publisher connections with --rate (and no --pool).
+const RATE_POOL: usize = 16;
 
 /// Files a gateway may still need with every socket open (Redis connections, accept
 /// headroom) when `--sockets cap` is computed from its open-file limit.
@@ -230,6 +235,8 @@ struct Options {
     echo_floor: bool,
     /// Each worker writes every frame's send and receive time into this directory.
     trace_dir: Option<String>,
+    /// The publisher's connection pool (default: --inflight, or RATE_POOL with --rate).
+    pool: Option<usize>,
 }
 
 impl Options {
@@ -267,6 +274,7 @@ impl Options {
             jitter_ms: 1000,
             echo_floor: false,
             trace_dir: None,
+            pool: None,
         };
         match name {
             "custom" => {}
@@ -385,6 +393,7 @@ impl Options {
                 "--jitter-ms" => o.jitter_ms = num(flag, v)?,
                 "--churn-from" => o.churn_from = num(flag, v)?,
                 "--trace-frames" => o.trace_dir = Some(v.to_owned()),
+                "--pool" => o.pool = Some(num(flag, v)?),
                 "--echo-floor" => {
                     echo_given = true;
                     o.echo_floor = match v {
@@ -839,8 +848,15 @@ async fn conduct(o: Options) -> Result<Value, String> {
     }
 
     // Publish.
+    // With --rate, calls are not limited to --inflight: the pool is all that bounds them, and
+    // one of four connections was too few (a Redis or conductor stall of a few ms held all four,
+    // and the notifications stamped meanwhile queued for a connection: the tool's own tail).
+    let pool_size = o
+        .pool
+        .unwrap_or(if o.rate > 0.0 { RATE_POOL } else { o.inflight })
+        .clamp(1, 64);
     let options = PublisherOptions {
-        pool_size: o.inflight.clamp(1, 64),
+        pool_size,
         timeout: Duration::from_secs(10),
         ..PublisherOptions::default()
     };
@@ -852,6 +868,10 @@ async fn conduct(o: Options) -> Result<Value, String> {
     }
     .map_err(|e| e.to_string())?;
     publisher.ping().await.map_err(|e| e.to_string())?;
+    // Open every pooled connection now, not in the middle of the measurement.
+    for result in futures_util::future::join_all((0..pool_size).map(|_| publisher.ping())).await {
+        result.map_err(|e| e.to_string())?;
+    }
     let before_publish = snapshot(&pids, &mut redis_conns);
     // Who waited for a CPU while notifications flowed (local processes only).
     let mut waiting = sched::Groups::default();
@@ -1050,6 +1070,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "publish": if o.rate > 0.0 { "single" } else { match o.publish { PublishMode::Batch => "batch", PublishMode::Single => "single" } },
             "batch": o.batch,
             "inflight": o.inflight,
+            "pool": pool_size,
             "message_bytes": o.message_bytes,
             "replicas": targets.len(),
             "cluster_masters": o.cluster,
