@@ -17,6 +17,25 @@ fn gw_bench_smoke_run_over_server_sent_events_loses_nothing() {
     assert_eq!(run["transport"], "sse", "{run}");
 }
 
+/// Scenario b's echo floor: the same sockets and schedule against a trivial echo server,
+/// every frame timed back, and the ratio reported beside the gateway's latency.
+#[test]
+fn gw_bench_echo_floor_times_every_frame() {
+    let run = smoke(&["--rate", "2000", "--echo-floor", "on"]);
+    let floor = &run["echo_floor"];
+    assert_eq!(floor["sockets"], 300, "{run}");
+    assert_eq!(floor["expected"], 3000, "{run}");
+    assert_eq!(floor["echoed"], 3000, "{run}");
+    for exact in ["lost", "duplicated", "misrouted"] {
+        assert_eq!(floor[exact], 0, "{exact}: {run}");
+    }
+    assert_eq!(floor["latency_ms"]["count"], 3000, "{run}");
+    assert!(
+        run["latency_vs_floor"]["p99_ratio"].as_f64().is_some(),
+        "{run}"
+    );
+}
+
 fn smoke(extra: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_gw-bench"))
         .args(["--scenario", "smoke"])

@@ -41,7 +41,8 @@ usage: gw-bench [--scenario NAME] [OPTIONS]      one run, one JSON line on stdou
 Scenarios (options given after them override their values):
   smoke  300 sockets (3 per user) on 2 replicas, 1,000 notifications as fast as possible
   a      1,000 sockets, 20,000 notifications as fast as possible
-  b      1,000 sockets, 2,000 notifications per second for 10 s
+  b      1,000 sockets, 2,000 notifications per second for 10 s, then the echo floor: the
+         same sockets, rate and frames against a trivial echo server (--echo-floor off: skip)
   c      10,000 idle sockets (memory), then one notification each
   d      as many sockets as one gateway process can hold (its open-file limit), one each
   d3     the same on each of 3 replicas behind one Redis
@@ -63,6 +64,8 @@ Options:
   --publish batch|single as fast as possible through publish_batch (default) or publish
   --batch B              notifications per publish_batch call (default 256)
   --inflight K           publish calls in flight at once (default 4)
+  --pool N               the publisher's pooled Redis connections (default: --inflight; 16 with
+                         --rate, where calls are not limited to --inflight)
   --message-bytes N      length of each notification's message text (default 16)
   --replicas K           gateways to start (default 1)
   --connect-rate R       new sockets per second, in all (default 10000; 0 = unbounded)
@@ -86,6 +89,11 @@ Options:
   --jitter-ms MS         storm: its clients reconnect after a uniform 0..MS pause (default 1000)
   --rounds N             churn: rounds (default 100)
   --churn-from N         churn: RSS growth is measured from the end of this round (default 20)
+  --echo-floor on|off    after the run, the same sockets, schedule and timing against a trivial
+                         WebSocket echo server, reported beside the gateway's latency (needs
+                         --rate; default on for scenario b)
+  --trace-frames DIR     each worker writes `user seq sent_ns received_ns` of every frame to
+                         DIR/gateway-wN.tsv (and DIR/echo-wN.tsv), for tail analysis
   --set KEY=VALUE[,..]   extra environment of the gateways started (GW__SERVER__WORKERS=1, ...)
 
 The gateways started are $GATEWAY_BIN if set, else gateway-e2e beside this executable:
@@ -114,6 +122,9 @@ fn gateway_settings(redis_url: &str, jwt_secret: Option<&str>) -> Vec<(&'static 
         .collect()
 }
 
+/// Publisher connections with --rate (and no --pool).
+const RATE_POOL: usize = 16;
+
 /// Files a gateway may still need with every socket open (Redis connections, accept
 /// headroom) when `--sockets cap` is computed from its open-file limit.
 const CAP_MARGIN: usize = 32;
@@ -122,6 +133,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("worker") {
         return worker::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("echo-server") {
+        return echo::server_main();
     }
     if args.first().map(String::as_str) == Some("storm-worker") {
         return storm::worker_main(&args[1..]);
@@ -165,6 +179,8 @@ macro_rules! say {
 }
 
 mod churn;
+mod echo;
+mod sched;
 mod storm;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,6 +231,12 @@ struct Options {
     churn_from: u64,
     kill_after_secs: f64,
     jitter_ms: u64,
+    /// Measure the echo floor after the run ([`echo`]).
+    echo_floor: bool,
+    /// Each worker writes every frame's send and receive time into this directory.
+    trace_dir: Option<String>,
+    /// The publisher's connection pool (default: --inflight, or RATE_POOL with --rate).
+    pool: Option<usize>,
 }
 
 impl Options {
@@ -250,6 +272,9 @@ impl Options {
             churn_from: 20,
             kill_after_secs: 5.0,
             jitter_ms: 1000,
+            echo_floor: false,
+            trace_dir: None,
+            pool: None,
         };
         match name {
             "custom" => {}
@@ -264,6 +289,7 @@ impl Options {
             "b" => {
                 o.rate = 2000.0;
                 o.duration_secs = Some(10.0);
+                o.echo_floor = true;
             }
             "c" => o.sockets = SocketCount::Exactly(10_000),
             "d" => o.sockets = SocketCount::Cap,
@@ -315,6 +341,7 @@ impl Options {
                 })
                 .collect()
         }
+        let mut echo_given = false;
         for (flag, v) in pairs {
             match flag {
                 "--scenario" => {}
@@ -365,6 +392,16 @@ impl Options {
                 "--kill-after" => o.kill_after_secs = num(flag, v)?,
                 "--jitter-ms" => o.jitter_ms = num(flag, v)?,
                 "--churn-from" => o.churn_from = num(flag, v)?,
+                "--trace-frames" => o.trace_dir = Some(v.to_owned()),
+                "--pool" => o.pool = Some(num(flag, v)?),
+                "--echo-floor" => {
+                    echo_given = true;
+                    o.echo_floor = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("--echo-floor: {v:?} is not on or off")),
+                    }
+                }
                 "--set" => {
                     for pair in v.split(',') {
                         let (key, value) = pair
@@ -393,6 +430,22 @@ impl Options {
         }
         if o.rate < 0.0 || o.connect_rate < 0.0 {
             return Err("rates cannot be negative".into());
+        }
+        let floor_possible =
+            o.rate > 0.0 && o.transport == "ws" && o.sockets != SocketCount::Exactly(0);
+        if !echo_given && !floor_possible {
+            // Scenario b's default, where the options given make a floor meaningless.
+            o.echo_floor = false;
+        }
+        if o.echo_floor && o.rate == 0.0 {
+            return Err("--echo-floor on needs --rate: the floor replays a steady schedule".into());
+        }
+        if o.echo_floor && (o.transport != "ws" || o.sockets == SocketCount::Exactly(0)) {
+            return Err(
+                "--echo-floor on needs WebSocket sockets (--transport ws, --sockets > 0); \
+                 give --echo-floor off"
+                    .into(),
+            );
         }
         Ok(o)
     }
@@ -433,6 +486,16 @@ fn redis_cpu(conn: &mut redis::Connection) -> Option<f64> {
             .ok()
     };
     Some(field("used_cpu_user")? + field("used_cpu_sys")?)
+}
+
+/// The pid of a local Redis (INFO server).
+fn redis_pid(conn: &mut redis::Connection) -> Option<u32> {
+    let info: String = redis::cmd("INFO").arg("server").query(conn).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// None when a value is missing, or when there is none (gateways without a known pid).
@@ -683,6 +746,11 @@ async fn conduct(o: Options) -> Result<Value, String> {
             connect_timeout_ms: 30_000,
             jwt_secret: o.jwt_secret.clone(),
             transport: o.transport.clone(),
+            echo: false,
+            trace: o
+                .trace_dir
+                .as_ref()
+                .map(|d| format!("{d}/gateway-w{w}.tsv")),
         };
         let mut child = tokio::process::Command::new(&exe)
             .arg("worker")
@@ -780,8 +848,15 @@ async fn conduct(o: Options) -> Result<Value, String> {
     }
 
     // Publish.
+    // With --rate, calls are not limited to --inflight: the pool is all that bounds them, and
+    // one of four connections was too few (a Redis or conductor stall of a few ms held all four,
+    // and the notifications stamped meanwhile queued for a connection: the tool's own tail).
+    let pool_size = o
+        .pool
+        .unwrap_or(if o.rate > 0.0 { RATE_POOL } else { o.inflight })
+        .clamp(1, 64);
     let options = PublisherOptions {
-        pool_size: o.inflight.clamp(1, 64),
+        pool_size,
         timeout: Duration::from_secs(10),
         ..PublisherOptions::default()
     };
@@ -793,7 +868,20 @@ async fn conduct(o: Options) -> Result<Value, String> {
     }
     .map_err(|e| e.to_string())?;
     publisher.ping().await.map_err(|e| e.to_string())?;
+    // Open every pooled connection now, not in the middle of the measurement.
+    for result in futures_util::future::join_all((0..pool_size).map(|_| publisher.ping())).await {
+        result.map_err(|e| e.to_string())?;
+    }
     let before_publish = snapshot(&pids, &mut redis_conns);
+    // Who waited for a CPU while notifications flowed (local processes only).
+    let mut waiting = sched::Groups::default();
+    waiting.add("gateway", pids.iter().copied());
+    if o.redis_url.is_none() {
+        waiting.add("redis", redis_conns.iter_mut().filter_map(redis_pid));
+    }
+    waiting.add("tool", [std::process::id()]);
+    waiting.add("workers", handles.iter().filter_map(|h| h.child.id()));
+    let waits_before = waiting.read();
     say!(
         "publishing {messages} notifications ({})",
         if o.rate > 0.0 {
@@ -873,6 +961,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             worker_cpu_publish += r.cpu_secs - worker_cpu_connected[w];
         }
     }
+    let waits_after = waiting.read();
     let end = snapshot(&pids, &mut redis_conns);
     let delivery_secs = total.last_rx_ns.saturating_sub(publish_start_ns) as f64 / 1e9;
     let frames = total.delivered + total.duplicated + total.misrouted + total.unexpected;
@@ -895,6 +984,29 @@ async fn conduct(o: Options) -> Result<Value, String> {
         {
             let _ = handle.child.kill().await;
         }
+    }
+
+    // The echo floor, with the gateway and Redis idle beside it.
+    let floor = if o.echo_floor {
+        Some(echo::floor(&o, users, messages, workers, users_per_worker).await?)
+    } else {
+        None
+    };
+    let ratio = |q: f64| -> Option<f64> {
+        let floor = floor.as_ref()?.latency_us.quantile(q)?;
+        let gateway = latency_us.quantile(q)?;
+        Some(round(gateway as f64 / floor.max(1) as f64, 2))
+    };
+    if let Some(floor) = &floor {
+        let ms = |h: &Histogram, q: f64| h.quantile(q).map_or(f64::NAN, |us| us as f64 / 1000.0);
+        say!(
+            "latency p50 / p99: gateway {:.3} / {:.3} ms, echo floor {:.3} / {:.3} ms; p99 / floor p99 = {}",
+            ms(&latency_us, 0.5),
+            ms(&latency_us, 0.99),
+            ms(&floor.latency_us, 0.5),
+            ms(&floor.latency_us, 0.99),
+            ratio(0.99).map_or("-".to_owned(), |r| format!("{r:.2}"))
+        );
     }
 
     let rss_idle = sum(&idle.rss_kib);
@@ -958,6 +1070,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "publish": if o.rate > 0.0 { "single" } else { match o.publish { PublishMode::Batch => "batch", PublishMode::Single => "single" } },
             "batch": o.batch,
             "inflight": o.inflight,
+            "pool": pool_size,
             "message_bytes": o.message_bytes,
             "replicas": targets.len(),
             "cluster_masters": o.cluster,
@@ -965,6 +1078,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "connect_rate": o.connect_rate,
             "connect_inflight": o.connect_inflight,
             "auth": if o.jwt_secret.is_some() { "jwt" } else { "none" },
+            "echo_floor": o.echo_floor,
             "gateway_env": o.gateway_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "conditions": {
@@ -1017,6 +1131,12 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "per_second": round(total.delivered as f64 / delivery_secs.max(1e-9), 0),
             "latency_ms": millis(&latency_us),
         },
+        // The same sockets, schedule and timing against a trivial echo server (see echo.rs).
+        "echo_floor": floor.as_ref().map(|f| f.json.clone()),
+        "latency_vs_floor": floor.as_ref().map(|_| json!({
+            "p50_ratio": ratio(0.5),
+            "p99_ratio": ratio(0.99),
+        })),
         "cpu_seconds": {
             "connect": {
                 "gateway": cpu_delta(&idle.gateway_cpu, &at_connect.gateway_cpu).map(|c| round(c, 3)),
@@ -1029,6 +1149,9 @@ async fn conduct(o: Options) -> Result<Value, String> {
                 "tool": round(tool_publish, 3),
             },
         },
+        // Time runnable threads waited for a core while notifications flowed, from
+        // /proc/<pid>/task/*/schedstat, per notification published.
+        "run_queue_wait_us_per_notification": sched::per_event_us(&waits_before, &waits_after, outcome.sent),
         "cpu_us_per_frame": {
             "gateway": per_frame_us(gateway_publish),
             "redis": per_frame_us(redis_publish),

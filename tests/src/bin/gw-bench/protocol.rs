@@ -34,6 +34,13 @@ pub struct WorkerPlan {
     /// "ws" (WebSocket) or "sse" (Server-Sent Events).
     #[serde(default = "websocket")]
     pub transport: String,
+    /// The targets are echo servers ([`crate::echo`]): sockets are opened with `TCP_NODELAY`
+    /// and can send, for [`Command::Echo`].
+    #[serde(default)]
+    pub echo: bool,
+    /// Write every frame's `user seq sent_ns received_ns` to this file when reporting.
+    #[serde(default)]
+    pub trace: Option<String>,
 }
 
 fn websocket() -> String {
@@ -72,6 +79,18 @@ pub enum Command {
     Drain {
         messages: u64,
         users: u64,
+        quiet_ms: u64,
+    },
+    /// The echo floor: send notification `n` of the schedule as a text frame on each socket of
+    /// its user (those this worker holds) at `start_ns + n / rate`, each stamped with its send
+    /// time, then report as for `Drain` once the echoes are in.
+    Echo {
+        messages: u64,
+        users: u64,
+        rate: f64,
+        message_bytes: usize,
+        /// When notification 0 is due (CLOCK_REALTIME ns), the same for every worker.
+        start_ns: u64,
         quiet_ms: u64,
     },
 }

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, Stream, StreamExt};
+use publisher::wire::StreamId;
+use publisher::{Level, Notification};
 use serde::Deserialize;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -22,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::histogram::Histogram;
-use crate::protocol::{expected, now_ns, Command, Event, Report, WorkerPlan};
+use crate::protocol::{expected, now_ns, schedule, Command, Event, Report, WorkerPlan};
 use e2e::procfs;
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
@@ -62,6 +65,8 @@ struct SocketState {
     user_id: u64,
     connected: AtomicBool,
     seen: Mutex<Vec<u64>>,
+    /// The sending half, on sockets to an echo server only.
+    sink: tokio::sync::Mutex<Option<SplitSink<Ws, Message>>>,
 }
 
 #[derive(Default)]
@@ -77,6 +82,8 @@ struct Tally {
     misrouted: AtomicU64,
     malformed: AtomicU64,
     latency_us: Mutex<Histogram>,
+    /// With `--trace-frames`: `[user, seq, sent_ns, received_ns]` of every frame.
+    trace: Option<Mutex<Vec<[u64; 4]>>>,
     last_rx_ns: AtomicU64,
     closed: Mutex<BTreeMap<String, u64>>,
 }
@@ -113,6 +120,9 @@ impl Tally {
             .lock()
             .unwrap()
             .record(now.saturating_sub(t) / 1000);
+        if let Some(trace) = &self.trace {
+            trace.lock().unwrap().push([u, s, t, now]);
+        }
         let (word, bit) = ((s / 64) as usize, 1u64 << (s % 64));
         let mut seen = socket.seen.lock().unwrap();
         if seen.len() <= word {
@@ -132,6 +142,7 @@ impl Tally {
 async fn run(plan: WorkerPlan) {
     let tally = Arc::new(Tally {
         first_start_ns: AtomicU64::new(u64::MAX),
+        trace: plan.trace.is_some().then(Mutex::default),
         ..Tally::default()
     });
     let permits = Arc::new(Semaphore::new(plan.connect_inflight.max(1)));
@@ -152,6 +163,7 @@ async fn run(plan: WorkerPlan) {
                 user_id: plan.user_base + user_index,
                 connected: AtomicBool::new(false),
                 seen: Mutex::default(),
+                sink: tokio::sync::Mutex::default(),
             });
             sockets.push(socket.clone());
             let target = plan.target(user_index, j);
@@ -184,6 +196,7 @@ async fn run(plan: WorkerPlan) {
                     tally.clone(),
                     permit,
                     connect_timeout,
+                    plan.echo,
                 ));
             }
             if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -220,10 +233,45 @@ async fn run(plan: WorkerPlan) {
                 quiet_ms,
             }) => {
                 let report = drain(&sockets, &tally, messages, users, quiet_ms).await;
+                write_trace(&plan, &tally);
+                emit(&Event::Report(report));
+            }
+            Ok(Command::Echo {
+                messages,
+                users,
+                rate,
+                message_bytes,
+                start_ns,
+                quiet_ms,
+            }) => {
+                let message = "x".repeat(message_bytes.max(1));
+                let schedule = EchoSchedule {
+                    messages,
+                    users,
+                    rate,
+                    start_ns,
+                };
+                send_echoes(&plan, &sockets, &schedule, Arc::from(message)).await;
+                let report = drain(&sockets, &tally, messages, users, quiet_ms).await;
+                write_trace(&plan, &tally);
                 emit(&Event::Report(report));
             }
             Err(e) => eprintln!("gw-bench worker {}: bad command {line:?}: {e}", plan.worker),
         }
+    }
+}
+
+/// Writes the frames traced (`user seq sent_ns received_ns`, one a line) to the plan's file.
+fn write_trace(plan: &WorkerPlan, tally: &Tally) {
+    let (Some(path), Some(trace)) = (&plan.trace, &tally.trace) else {
+        return;
+    };
+    let mut text = String::new();
+    for [u, s, t, rx] in trace.lock().unwrap().iter() {
+        text.push_str(&format!("{u} {s} {t} {rx}\n"));
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("gw-bench worker {}: writing {path}: {e}", plan.worker);
     }
 }
 
@@ -296,6 +344,7 @@ async fn drain(
     report
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn socket_task(
     target: SocketAddr,
     source: Ipv4Addr,
@@ -304,13 +353,14 @@ async fn socket_task(
     tally: Arc<Tally>,
     permit: OwnedSemaphorePermit,
     connect_timeout: Duration,
+    echo: bool,
 ) {
     let begun = Instant::now();
     tally.first_start_ns.fetch_min(now_ns(), Relaxed);
     let opened = timeout(connect_timeout, open(target, source, &url)).await;
     tally.last_done_ns.fetch_max(now_ns(), Relaxed);
     drop(permit);
-    let mut ws = match opened {
+    let ws = match opened {
         Ok(Ok(ws)) => ws,
         Ok(Err(reason)) => {
             tally.failed.fetch_add(1, Relaxed);
@@ -328,13 +378,32 @@ async fn socket_task(
         .lock()
         .unwrap()
         .record(begun.elapsed().as_micros() as u64);
-    socket.connected.store(true, Relaxed);
-    tally.ok.fetch_add(1, Relaxed);
+    let reason = if echo {
+        // This socket sends too: as the gateway does on its side, no Nagle delay.
+        let _ = ws.get_ref().set_nodelay(true);
+        let (sink, stream) = ws.split();
+        *socket.sink.lock().await = Some(sink);
+        socket.connected.store(true, Relaxed);
+        tally.ok.fetch_add(1, Relaxed);
+        read_frames(stream, &socket, &tally).await
+    } else {
+        socket.connected.store(true, Relaxed);
+        tally.ok.fetch_add(1, Relaxed);
+        read_frames(ws, &socket, &tally).await
+    };
+    bump(&tally.closed, reason);
+}
 
+/// Reads a socket until it ends, accounting for every frame; returns why it ended.
+async fn read_frames(
+    mut ws: impl Stream<Item = Result<Message, WsError>> + Unpin,
+    socket: &SocketState,
+    tally: &Tally,
+) -> String {
     // Reading also answers the gateway's pings (tungstenite queues the pong).
-    let reason = loop {
+    loop {
         match ws.next().await {
-            Some(Ok(Message::Text(text))) => tally.on_text(&socket, text.as_str()),
+            Some(Ok(Message::Text(text))) => tally.on_text(socket, text.as_str()),
             Some(Ok(Message::Close(frame))) => {
                 break match frame {
                     Some(f) => format!("close {}", u16::from(f.code)),
@@ -345,8 +414,69 @@ async fn socket_task(
             Some(Err(e)) => break format!("error: {}", short_error(&e)),
             None => break "eof".to_owned(),
         }
-    };
-    bump(&tally.closed, reason);
+    }
+}
+
+struct EchoSchedule {
+    messages: u64,
+    users: u64,
+    rate: f64,
+    start_ns: u64,
+}
+
+/// The echo floor's sender: the conductor's `publish_at_rate`, with a text frame on each of
+/// the user's sockets in place of the publish call. Notification `n` is due at
+/// `start + n / rate`; its frame is built (and stamped) in its own task just before it is
+/// written, as the conductor builds each notification in the task that publishes it.
+async fn send_echoes(
+    plan: &WorkerPlan,
+    sockets: &[Arc<SocketState>],
+    s: &EchoSchedule,
+    message: Arc<str>,
+) {
+    let start = Instant::now() + Duration::from_nanos(s.start_ns.saturating_sub(now_ns()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..s.messages {
+        let (k, seq) = schedule(n, s.users);
+        if !plan.users.contains(&k) {
+            continue;
+        }
+        sleep_until(start + Duration::from_secs_f64(n as f64 / s.rate)).await;
+        let first = ((k - plan.users.start) * u64::from(plan.per_user)) as usize;
+        for socket in &sockets[first..first + plan.per_user as usize] {
+            if !socket.connected.load(Relaxed) {
+                continue;
+            }
+            let (socket, message) = (socket.clone(), message.clone());
+            tasks.spawn(async move {
+                let text = echo_frame(socket.user_id, seq, &message);
+                if let Some(sink) = socket.sink.lock().await.as_mut() {
+                    // A failed send shows as a lost frame.
+                    let _ = sink.send(Message::text(text)).await;
+                }
+            });
+        }
+        // Reap finished sends so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The frame the gateway would deliver for this notification, byte for byte in shape and
+/// length: the publisher's payload (`type`, `message`, `data` {u, s, t}, `timestamp`) with
+/// the history id spliced in first, `t` being the time now.
+fn echo_frame(user_id: u64, seq: u64, message: &str) -> String {
+    let t = now_ns();
+    let ms = t / 1_000_000;
+    let payload = Notification::new(Level::Info, message)
+        .with_data(crate::protocol::FIELD_USER, user_id)
+        .with_data(crate::protocol::FIELD_SEQ, seq)
+        .with_data(crate::protocol::FIELD_SENT_NS, t)
+        .with_timestamp(ms)
+        .to_payload(usize::MAX)
+        .expect("benchmark notifications serialise");
+    let framed = publisher::wire::with_id(StreamId::new(ms, 0), &payload).expect("an object");
+    String::from_utf8(framed).expect("JSON is UTF-8")
 }
 
 async fn connect(target: SocketAddr, source: Ipv4Addr) -> Result<TcpStream, String> {
