@@ -9,7 +9,7 @@ use deadpool_redis::redis::{
     self, AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, Pipeline, Script,
     TlsCertificates,
 };
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::{Pool, Runtime};
 use tokio::time::Instant;
 
 use crate::error::PublishError;
@@ -17,7 +17,8 @@ use crate::notification::{now_millis, Notification};
 use crate::schedule::{self, FireReport, Presence, ScheduleKey};
 use crate::script;
 use crate::topology::{
-    ClusterConfig, PooledConnection, SentinelConfig, SentinelManager, SentinelPool,
+    ClusterConfig, PooledConnection, SentinelConfig, SentinelManager, SentinelPool, ServerManager,
+    ServerPool,
 };
 use crate::wire::{self, StreamId, UserId};
 
@@ -177,9 +178,11 @@ pub struct Publisher {
 enum Connections {
     /// One server at a fixed address.
     Single {
-        pool: Pool,
-        client: Option<Box<redis::Client>>,
+        pool: ServerPool,
+        client: Box<redis::Client>,
     },
+    /// A pool the caller built ([`Publisher::from_pool`]).
+    Given(Pool),
     /// Whichever node the sentinels name master.
     Sentinel(SentinelPool),
     /// A Redis Cluster: one multiplexed connection (to every master), opened on first use.
@@ -202,6 +205,7 @@ impl fmt::Debug for Publisher {
                 "pool",
                 &match &self.connections {
                     Connections::Single { pool, .. } => format!("{:?}", pool.status()),
+                    Connections::Given(pool) => format!("{:?}", pool.status()),
                     Connections::Sentinel(pool) => format!("{:?}", pool.status()),
                     Connections::Cluster { .. } => "one cluster connection".to_owned(),
                 },
@@ -270,10 +274,9 @@ impl Publisher {
             .map_err(|e| PublishError::from_redis(e, options.timeout))?;
         let client = redis::Client::open(info.clone())
             .map_err(|e| PublishError::from_redis(e, options.timeout))?;
-        let manager = Manager::new_with_config(info, connection_config(&options))
-            .map_err(|e| PublishError::from_redis(e, options.timeout))?;
+        let manager = ServerManager::new(client.clone(), connection_config(&options));
         // deadpool waits forever by default; bound every step of a checkout too.
-        let pool = Pool::builder(manager)
+        let pool = ServerPool::builder(manager)
             .max_size(options.pool_size)
             .wait_timeout(Some(options.timeout))
             .create_timeout(Some(options.timeout))
@@ -284,7 +287,7 @@ impl Publisher {
         Ok(Publisher {
             connections: Connections::Single {
                 pool,
-                client: Some(Box::new(client)),
+                client: Box::new(client),
             },
             options,
         })
@@ -355,7 +358,7 @@ impl Publisher {
     pub fn from_pool(pool: Pool, options: PublisherOptions) -> Result<Self, PublishError> {
         options.validate()?;
         Ok(Publisher {
-            connections: Connections::Single { pool, client: None },
+            connections: Connections::Given(pool),
             options,
         })
     }
@@ -374,6 +377,11 @@ impl Publisher {
                 .get()
                 .await
                 .map(PooledConnection::Single)
+                .map_err(|e| PublishError::from_pool(e, timeout)),
+            Connections::Given(pool) => pool
+                .get()
+                .await
+                .map(PooledConnection::Given)
                 .map_err(|e| PublishError::from_pool(e, timeout)),
             Connections::Sentinel(pool) => pool
                 .get()
@@ -429,7 +437,8 @@ impl Publisher {
     /// `None` for a publisher built [`from_pool`](Publisher::from_pool).
     pub async fn master_client(&self) -> Result<Option<redis::Client>, PublishError> {
         match &self.connections {
-            Connections::Single { client, .. } => Ok(client.as_deref().cloned()),
+            Connections::Single { client, .. } => Ok(Some(client.as_ref().clone())),
+            Connections::Given(_) => Ok(None),
             Connections::Sentinel(pool) => pool
                 .manager()
                 .master()
@@ -450,16 +459,19 @@ impl Publisher {
     }
 
     /// Drops the idle connections that may lead to a node that is no longer a master (with
-    /// Sentinel), or the cluster connection (with a Cluster: the next call opens a new one,
-    /// which reads the slot map again). Nothing for a single server. Calls in progress finish
-    /// on what they hold.
+    /// Sentinel) or to a server that restarted (one server), or the cluster connection (with
+    /// a Cluster: the next call opens a new one, which reads the slot map again). Nothing for
+    /// a pool built by the caller. Calls in progress finish on what they hold.
     pub fn forget_connections(&self) {
         match &self.connections {
             Connections::Sentinel(pool) => {
                 pool.retain(|_, _| false);
             }
             Connections::Cluster { conn, .. } => *lock(conn) = None,
-            Connections::Single { .. } => {}
+            Connections::Single { pool, .. } => {
+                pool.retain(|_, _| false);
+            }
+            Connections::Given(_) => {}
         }
     }
 
@@ -1097,6 +1109,8 @@ impl Publisher {
                         return Err(err);
                     }
                     retries_left = retries_left.saturating_sub(1);
+                    // The server may have restarted: its other idle connections are dead too.
+                    self.forget_connections();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
                     pipe = build(true);

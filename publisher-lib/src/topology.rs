@@ -3,6 +3,11 @@
 //! cluster connection routes each command to the master of its key's slot and follows MOVED
 //! and failovers).
 //!
+//! With one server, a pooled connection goes back into service without a round trip unless a
+//! call on it failed (or never finished), or it sat unused for [`IDLE_CHECK`]: then a PING
+//! decides. (deadpool-redis's own manager sends UNWATCH + PING on every checkout, which made
+//! each publish two round trips; docs/PERFORMANCE.md, "Latency, scenario b".)
+//!
 //! With Sentinel every new pooled connection asks the sentinels for the current master and
 //! remembers its address. Before each use a pooled connection is checked: it must lead to the
 //! address the sentinels named last (during a switchover the old master keeps saying it is
@@ -244,6 +249,101 @@ impl SentinelManager {
     }
 }
 
+/// A pooled connection unused for longer than this is PINGed before it is handed out
+/// (Redis may have restarted, or a middlebox dropped it, while it sat idle).
+pub const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// Makes connections to one server at a fixed address.
+pub struct ServerManager {
+    client: redis::Client,
+    connection: AsyncConnectionConfig,
+}
+
+impl ServerManager {
+    pub fn new(client: redis::Client, connection: AsyncConnectionConfig) -> Self {
+        ServerManager { client, connection }
+    }
+}
+
+/// A connection to one server that remembers whether its last call failed or never finished.
+pub struct ServerConnection {
+    conn: MultiplexedConnection,
+    /// Set while a call is in flight and kept when it ends in a connection error: a call whose
+    /// future was dropped (a timeout) leaves it set too.
+    suspect: bool,
+}
+
+/// An error after which the connection itself is in doubt (not a reply like NOSCRIPT).
+fn breaks_connection(error: &RedisError) -> bool {
+    error.is_io_error() || error.is_connection_dropped() || error.is_timeout()
+}
+
+impl ConnectionLike for ServerConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            self.suspect = true;
+            let result = self.conn.req_packed_command(cmd).await;
+            self.suspect = matches!(&result, Err(e) if breaks_connection(e));
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            self.suspect = true;
+            let result = self.conn.req_packed_commands(cmd, offset, count).await;
+            self.suspect = matches!(&result, Err(e) if breaks_connection(e));
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+impl managed::Manager for ServerManager {
+    type Type = ServerConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<ServerConnection, RedisError> {
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.connection)
+            .await?;
+        Ok(ServerConnection {
+            conn,
+            suspect: false,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ServerConnection,
+        metrics: &managed::Metrics,
+    ) -> managed::RecycleResult<RedisError> {
+        if conn.suspect {
+            return Err(managed::RecycleError::message(
+                "its last call failed or never finished",
+            ));
+        }
+        if metrics.last_used() >= IDLE_CHECK {
+            let _: String = redis::cmd("PING").query_async(&mut conn.conn).await?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) type ServerPool = managed::Pool<ServerManager>;
+
 /// A connection to a node that was the master when it was opened.
 pub struct MasterConnection {
     conn: MultiplexedConnection,
@@ -313,7 +413,9 @@ pub(crate) type SentinelPool = managed::Pool<SentinelManager>;
 
 /// A pooled connection to the current master, whichever topology.
 pub enum PooledConnection {
-    Single(deadpool_redis::Connection),
+    Single(managed::Object<ServerManager>),
+    /// From a pool the caller built ([`Publisher::from_pool`](crate::Publisher::from_pool)).
+    Given(deadpool_redis::Connection),
     Sentinel(managed::Object<SentinelManager>),
     /// The publisher's (multiplexed, shared) cluster connection. Pipelines on it must keep to
     /// one slot: see [`crate::script::query_loading`], which splits them.
@@ -334,6 +436,7 @@ impl ConnectionLike for PooledConnection {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             PooledConnection::Single(conn) => conn.req_packed_command(cmd),
+            PooledConnection::Given(conn) => conn.req_packed_command(cmd),
             PooledConnection::Sentinel(conn) => conn.req_packed_command(cmd),
             PooledConnection::Cluster(conn) => conn.req_packed_command(cmd),
         }
@@ -347,6 +450,7 @@ impl ConnectionLike for PooledConnection {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             PooledConnection::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            PooledConnection::Given(conn) => conn.req_packed_commands(cmd, offset, count),
             PooledConnection::Sentinel(conn) => conn.req_packed_commands(cmd, offset, count),
             PooledConnection::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
         }
@@ -355,6 +459,7 @@ impl ConnectionLike for PooledConnection {
     fn get_db(&self) -> i64 {
         match self {
             PooledConnection::Single(conn) => conn.get_db(),
+            PooledConnection::Given(conn) => conn.get_db(),
             PooledConnection::Sentinel(conn) => conn.get_db(),
             PooledConnection::Cluster(conn) => conn.get_db(),
         }

@@ -402,6 +402,63 @@ async fn stopped_redis_is_reported_as_unavailable_within_the_timeout() {
     drop(restarted);
 }
 
+/// `INFO commandstats`' call count of `command` (0 when it never ran).
+async fn calls_of(url: &str, command: &str) -> u64 {
+    let client = redis::Client::open(url).expect("valid URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis answers");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_busy_pool_makes_one_round_trip_per_publish_and_rides_out_a_restart() {
+    let server = RedisServer::start().await;
+    let url = server.url();
+    let publisher = Publisher::with_options(
+        &url,
+        PublisherOptions {
+            pool_size: 2,
+            ..Default::default()
+        },
+    )
+    .expect("valid URL");
+    publisher.ping().await.expect("redis answers");
+    let pings_before = calls_of(&url, "ping").await;
+    for n in 0..200 {
+        publisher
+            .publish(user(7), Notification::new(Level::Info, format!("n{n}")))
+            .await
+            .expect("published");
+    }
+    // A connection in steady use goes back into service unchecked: no PING (nor UNWATCH)
+    // per checkout, as deadpool-redis's own manager sends.
+    let pings = calls_of(&url, "ping").await - pings_before;
+    assert!(pings <= 2, "{pings} PINGs for 200 publishes");
+    assert_eq!(calls_of(&url, "unwatch").await, 0);
+
+    // Redis restarts on the same address between two publishes: the pooled connections are
+    // dead, and the next publish still goes through (a failed call drops them all).
+    let port = server.port;
+    drop(server);
+    let restarted = RedisServer::start_on(port).await;
+    publisher
+        .publish(user(7), Notification::new(Level::Info, "after the restart"))
+        .await
+        .expect("publisher reconnects after a Redis restart");
+    drop(restarted);
+}
+
 #[tokio::test]
 async fn server_that_never_answers_times_out() {
     // Accepts connections and never replies: what a hung Redis or a half-open link looks like.
