@@ -161,6 +161,15 @@ impl Hub {
         }
     }
 
+    /// Where `user`'s subscription starts: everything up to `id` is accounted for, unless
+    /// the user has a cursor already (something was delivered or replayed from it since;
+    /// moving it forward would skip what lies in between).
+    pub fn start_cursor(&self, user: UserId, id: StreamId) {
+        if let Some(entry) = self.shard(user).get_mut(&user) {
+            entry.cursor.get_or_insert(id);
+        }
+    }
+
     /// The newest history id delivered to `user` here (or where its subscription started).
     pub fn cursor(&self, user: UserId) -> Option<StreamId> {
         self.shard(user).get(&user).and_then(|entry| entry.cursor)

@@ -10,19 +10,22 @@
 //! | `mod.rs` | [`RedisBus`]: the handle and its [`Bus`] impl; interest epochs shared with the subscriber |
 //! | `connection` | how links are obtained: one Redis, or the master the sentinels name |
 //! | `subscriber` | the task owning the subscriber link: the subscribe sequence, reconnects, pings |
+//! | `held` | live messages of users being subscribed, held until their catch-up is delivered |
 //! | `shards` | on a Redis Cluster instead: one SSUBSCRIBE link per master shard, following the slot map |
-//! | `history` | history reads through the pool (replay, newest ids, pages) |
+//! | `history` | history reads (replay, newest ids, pages); resume replays batched into pipelines |
 //! | `canary` | the delivery self-check behind readiness |
 //!
-//! History reads and publishes use a separate pooled connection (publisher-lib's pool).
+//! History reads and publishes use a separate pooled connection (publisher-lib's pool); the
+//! subscriber's own history reads (cursors, catch-ups) use a connection of their own.
 
 mod canary;
 mod connection;
+mod held;
 mod history;
 mod shards;
 mod subscriber;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +39,8 @@ use crate::history::Replay;
 use crate::hub::{Frame, Hub};
 use crate::metrics::Metrics;
 use canary::Canary;
-use history::HistoryReader;
+use held::Held;
+use history::{HistoryReader, ReplayQueue};
 use subscriber::{Subscriber, Timing};
 
 pub struct RedisBus {
@@ -46,6 +50,7 @@ pub struct RedisBus {
     /// presence heartbeats), so that they never grow the pool requests use.
     background: Publisher,
     history: HistoryReader,
+    replays: ReplayQueue,
 }
 
 /// State shared between the bus handle and its subscriber task.
@@ -60,9 +65,30 @@ struct Shared {
 
 #[derive(Default)]
 struct Pending {
-    dirty: HashSet<UserId>,
+    /// Users whose interest changed, with the epoch of their latest change.
+    dirty: HashMap<UserId, u64>,
     /// Incremented on every interest change; the subscriber task confirms epochs in order.
     requested: u64,
+}
+
+impl Pending {
+    /// Takes the (at most) `n` users whose change is oldest, and the epoch their round may
+    /// confirm: every change before the oldest one left (all of them when none is left).
+    fn take_oldest(&mut self, n: usize) -> (HashSet<UserId>, u64) {
+        if self.dirty.len() <= n {
+            let users = std::mem::take(&mut self.dirty).into_keys().collect();
+            return (users, self.requested);
+        }
+        let mut all: Vec<(u64, UserId)> = self.dirty.iter().map(|(u, e)| (*e, *u)).collect();
+        all.select_nth_unstable(n);
+        // Epochs are unique: everything before position n is older than all[n].
+        let confirm = all[n].0 - 1;
+        let users: HashSet<UserId> = all[..n].iter().map(|(_, u)| *u).collect();
+        for user in &users {
+            self.dirty.remove(user);
+        }
+        (users, confirm)
+    }
 }
 
 impl Shared {
@@ -112,18 +138,20 @@ impl RedisBus {
             pool_size: 1,
             ..options
         };
-        let (connector, publisher, background) = match topology {
+        let (connector, publisher, background, subscriber_reads) = match topology {
             RedisTopology::Cluster(cluster) => {
                 let publisher = Publisher::with_cluster(cluster.clone(), options)
                     .map_err(|e| BusError::Unavailable(e.to_string()))?;
                 // Scheduling and presence do not run on a cluster (docs/SCHEDULING.md): the
-                // background loops are not started, so the request publisher stands in.
-                (None, publisher.clone(), publisher)
+                // background loops are not started, so the request publisher stands in. Its
+                // connection is multiplexed: the subscriber's reads share it.
+                (None, publisher.clone(), publisher.clone(), publisher)
             }
             _ => {
                 let (connector, publisher) = connection::open(settings, topology, options)?;
                 let (_, background) = connection::open(settings, topology, background_options)?;
-                (Some(connector), publisher, background)
+                let (_, reads) = connection::open(settings, topology, background_options)?;
+                (Some(connector), publisher, background, reads)
             }
         };
         let reader = HistoryReader {
@@ -131,6 +159,8 @@ impl RedisBus {
             timeout: ms(history.read_timeout_ms),
             max_age_ms: history.max_age_ms,
         };
+        // Half the pool at most for resume replays: publishes and inbox pages keep the rest.
+        let replays = ReplayQueue::start(reader.clone(), settings.publish_pool_size / 2);
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             wake: Notify::new(),
@@ -148,8 +178,12 @@ impl RedisBus {
             hub,
             metrics,
             timing,
-            history: reader.clone(),
+            history: HistoryReader {
+                publisher: subscriber_reads,
+                ..reader.clone()
+            },
             catch_up_limit,
+            held: Arc::new(Held::new(catch_up_limit)),
         };
         match (connector, topology) {
             (Some(connector), _) => {
@@ -177,6 +211,7 @@ impl RedisBus {
             publisher,
             background,
             history: reader,
+            replays,
         })
     }
 }
@@ -199,9 +234,10 @@ impl Bus for RedisBus {
     fn interest_changed(&self, user: UserId) -> BoxFuture<()> {
         let epoch = {
             let mut pending = self.shared.pending();
-            pending.dirty.insert(user);
             pending.requested += 1;
-            pending.requested
+            let epoch = pending.requested;
+            pending.dirty.insert(user, epoch);
+            epoch
         };
         self.shared.wake.notify_one();
         let mut applied = self.shared.applied.subscribe();
@@ -232,13 +268,8 @@ impl Bus for RedisBus {
         after: StreamId,
         limit: usize,
     ) -> BoxFuture<Result<Replay, BusError>> {
-        let history = self.history.clone();
-        Box::pin(async move {
-            history
-                .replay_after(&[(user, after)], limit)
-                .await
-                .map(|mut r| r.remove(0))
-        })
+        let replays = self.replays.clone();
+        Box::pin(async move { replays.replay_after(user, after, limit).await })
     }
 
     fn history_page(
@@ -257,5 +288,36 @@ impl Bus for RedisBus {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: u64) -> UserId {
+        UserId::new(id).unwrap()
+    }
+
+    /// Records a change as `interest_changed` does.
+    fn change(pending: &mut Pending, id: u64) {
+        pending.requested += 1;
+        pending.dirty.insert(user(id), pending.requested);
+    }
+
+    #[test]
+    fn a_bounded_round_takes_the_oldest_changes_and_confirms_only_up_to_them() {
+        let mut pending = Pending::default();
+        for id in [1, 2, 3, 4] {
+            change(&mut pending, id);
+        }
+        change(&mut pending, 1); // user 1 changed again: its change is now the newest
+        let (users, confirm) = pending.take_oldest(2);
+        assert_eq!(users, HashSet::from([user(2), user(3)]));
+        assert_eq!(confirm, 3, "user 4's change (epoch 4) is still pending");
+        let (users, confirm) = pending.take_oldest(2);
+        assert_eq!(users, HashSet::from([user(4), user(1)]));
+        assert_eq!(confirm, 5, "nothing left: everything requested");
+        assert!(pending.dirty.is_empty());
     }
 }
