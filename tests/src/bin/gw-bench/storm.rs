@@ -98,6 +98,9 @@ struct StormReport {
     undisturbed_after_kill_us: Histogram,
     /// The same before the kill.
     before_kill_us: Histogram,
+    /// The highest of those latencies (µs) per 250 ms of send time after the kill: when the
+    /// undisturbed sockets waited.
+    undisturbed_max_us_by_window: Vec<u64>,
     /// Where the loss is: sockets never disconnected and sockets that reconnected.
     undisturbed: ClassReport,
     reconnected: ClassReport,
@@ -175,6 +178,10 @@ enum StormEvent {
     Report(Box<StormReport>),
 }
 
+/// Windows of send time after the kill for [`StormReport::undisturbed_max_us_by_window`].
+const WINDOW_NS: u64 = 250_000_000;
+const WINDOWS: usize = 40;
+
 /// One client: what it saw.
 #[derive(Default)]
 struct Client {
@@ -201,6 +208,7 @@ struct Shared {
     malformed: AtomicU64,
     distinct: AtomicU64,
     undisturbed: Mutex<Histogram>,
+    undisturbed_windows: Mutex<Vec<u64>>,
     before: Mutex<Histogram>,
     failures: Mutex<BTreeMap<String, u64>>,
 }
@@ -373,6 +381,14 @@ async fn client_task(
                 shared.before.lock().unwrap().record(latency);
             } else if !c.disconnected {
                 shared.undisturbed.lock().unwrap().record(latency);
+                let window = ((t - kill) / WINDOW_NS) as usize;
+                if window < WINDOWS {
+                    let mut windows = shared.undisturbed_windows.lock().unwrap();
+                    if windows.len() <= window {
+                        windows.resize(window + 1, 0);
+                    }
+                    windows[window] = windows[window].max(latency);
+                }
             }
         }
         // The replica is gone: back to the survivor after a random pause, with the last id.
@@ -516,7 +532,25 @@ async fn drain(
     report.reconnect_failures = shared.failures.lock().unwrap().clone();
     report.undisturbed_after_kill_us = shared.undisturbed.lock().unwrap().packed();
     report.before_kill_us = shared.before.lock().unwrap().packed();
+    report.undisturbed_max_us_by_window = shared.undisturbed_windows.lock().unwrap().clone();
     report
+}
+
+/// The cumulative buckets of a gateway's publish-to-fan-out latency histogram (`/metrics`).
+fn hub_latency(internal: SocketAddr) -> Option<Vec<(String, u64)>> {
+    let (status, body) = e2e::http_get(internal, "/metrics").ok()?;
+    if status != 200 {
+        return None;
+    }
+    Some(
+        body.lines()
+            .filter_map(|l| l.strip_prefix("gateway_delivery_latency_ms_bucket{le=\""))
+            .filter_map(|rest| {
+                let (le, n) = rest.split_once("\"} ")?;
+                Some((le.to_owned(), n.trim().parse().ok()?))
+            })
+            .collect(),
+    )
 }
 
 /// The survivor's warnings, counted by message (fields and timestamps dropped), most
@@ -561,6 +595,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
         mut own_gateways,
         redis_url,
         targets,
+        internals,
         pids,
         ..
     } = stage(&o)?;
@@ -684,6 +719,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     sleep(Duration::from_secs_f64(o.kill_after_secs)).await;
     own_gateways[0].kill();
     let kill_ns = now_ns();
+    let hub_latency_at_kill = internals.get(1).and_then(|a| hub_latency(*a));
     say!("replica 0 killed");
     let line = format!(
         "{}\n",
@@ -701,7 +737,13 @@ pub async fn run(o: Options) -> Result<Value, String> {
             .map_err(|e| e.to_string())?;
     }
     let outcome = publishing.await.map_err(|e| e.to_string())?;
-    say!("published {} ({} failed)", outcome.sent, outcome.failed);
+    say!(
+        "published {} ({} failed); publish call p99 {:?} µs, max {:?} µs",
+        outcome.sent,
+        outcome.failed,
+        outcome.call_us.quantile(0.99),
+        outcome.call_us.max()
+    );
     let line = format!(
         "{}\n",
         serde_json::to_string(&StormCommand::Drain {
@@ -741,6 +783,13 @@ pub async fn run(o: Options) -> Result<Value, String> {
                     .undisturbed_after_kill_us
                     .merge(&r.undisturbed_after_kill_us);
                 total.before_kill_us.merge(&r.before_kill_us);
+                let windows = &mut total.undisturbed_max_us_by_window;
+                if windows.len() < r.undisturbed_max_us_by_window.len() {
+                    windows.resize(r.undisturbed_max_us_by_window.len(), 0);
+                }
+                for (w, us) in windows.iter_mut().zip(&r.undisturbed_max_us_by_window) {
+                    *w = (*w).max(*us);
+                }
                 total.undisturbed.merge(&r.undisturbed);
                 total.reconnected.merge(&r.reconnected);
             }
@@ -756,6 +805,19 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let all_resumed_secs = (total.resumed > 0 && total.resumed == total.disconnected)
         .then(|| round(total.last_resume_ns.saturating_sub(kill_ns) as f64 / 1e9, 3));
     let survivor_warnings = warnings(&own_gateways[1].log());
+    // The survivor's own publish-to-fan-out latency after the kill: where the undisturbed
+    // sockets' wait was spent (before the hub: Redis and the subscriber; after: the sockets).
+    let hub_latency_after_kill = match (
+        hub_latency_at_kill,
+        internals.get(1).and_then(|a| hub_latency(*a)),
+    ) {
+        (Some(before), Some(after)) => after
+            .iter()
+            .zip(&before)
+            .map(|((le, n), (_, m))| (le.clone(), n.saturating_sub(*m)))
+            .collect(),
+        _ => Vec::new(),
+    };
     let clean = failed == 0
         && outcome.failed == 0
         && total.lost == 0
@@ -806,6 +868,13 @@ pub async fn run(o: Options) -> Result<Value, String> {
             class.out_of_order
         );
     }
+    let windows: Vec<u64> = total
+        .undisturbed_max_us_by_window
+        .iter()
+        .map(|us| us / 1000)
+        .collect();
+    say!("undisturbed: highest latency (ms) per 250 ms after the kill: {windows:?}");
+    say!("survivor: fan-out latency after the kill (cumulative ≤ ms): {hub_latency_after_kill:?}");
     for (message, n) in &survivor_warnings {
         say!("survivor warned {n}x: {message}");
     }
@@ -828,7 +897,13 @@ pub async fn run(o: Options) -> Result<Value, String> {
             "loadavg_at_start": loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         },
         "connect": { "ok": opened, "failed": failed },
-        "publish": { "sent": outcome.sent, "failed": outcome.failed, "first_error": outcome.first_error },
+        "publish": {
+            "sent": outcome.sent,
+            "failed": outcome.failed,
+            "first_error": outcome.first_error,
+            // A slow publish call means Redis (or this process) was the bottleneck.
+            "call_ms": millis(&outcome.call_us),
+        },
         "resume": {
             "disconnected": total.disconnected,
             "resumed": total.resumed,
@@ -847,6 +922,11 @@ pub async fn run(o: Options) -> Result<Value, String> {
             "malformed": total.malformed,
             "latency_ms_undisturbed_after_kill": millis(&total.undisturbed_after_kill_us),
             "latency_ms_before_kill": millis(&total.before_kill_us),
+            "undisturbed_max_ms_per_250ms_after_kill": windows,
+            "survivor_fan_out_latency_after_kill": hub_latency_after_kill
+                .iter()
+                .map(|(le, n)| json!({"le_ms": le, "count": n}))
+                .collect::<Vec<_>>(),
             "undisturbed": total.undisturbed.json("kill"),
             "reconnected": total.reconnected.json("reopen"),
         },
