@@ -25,13 +25,13 @@ mod history;
 mod shards;
 mod subscriber;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use publisher::wire::{StreamId, UserId};
 use publisher::{Publisher, PublisherOptions};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::{BoxFuture, Bus, BusError};
 use crate::config::{ms, HistorySettings, RedisSettings, RedisTopology};
@@ -57,8 +57,6 @@ pub struct RedisBus {
 struct Shared {
     pending: Mutex<Pending>,
     wake: Notify,
-    /// The highest interest epoch whose changes Redis has confirmed.
-    applied: watch::Sender<u64>,
     connected: AtomicBool,
     canary: Canary,
 }
@@ -69,6 +67,12 @@ struct Pending {
     dirty: HashMap<UserId, u64>,
     /// Incremented on every interest change; the subscriber task confirms epochs in order.
     requested: u64,
+    /// The highest interest epoch whose changes Redis has confirmed.
+    applied: u64,
+    /// Callers of [`Bus::interest_changed`] waiting for their epoch, oldest first. Each is
+    /// woken once, by the confirmation that covers it (a watch channel would wake every
+    /// waiter on every confirmation: thousands of sockets, each time a storm's round ends).
+    waiters: VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
 impl Pending {
@@ -103,13 +107,16 @@ impl Shared {
 
     /// Wakes the callers of [`Bus::interest_changed`] waiting for `epoch` or an older one.
     fn confirm(&self, epoch: u64) {
-        self.applied.send_if_modified(|applied| {
-            let newer = epoch > *applied;
-            if newer {
-                *applied = epoch;
-            }
-            newer
-        });
+        let ready: Vec<oneshot::Sender<()>> = {
+            let mut pending = self.pending();
+            pending.applied = pending.applied.max(epoch);
+            let applied = pending.applied;
+            let done = pending.waiters.partition_point(|(e, _)| *e <= applied);
+            pending.waiters.drain(..done).map(|(_, tx)| tx).collect()
+        };
+        for waiter in ready {
+            let _ = waiter.send(());
+        }
     }
 }
 
@@ -164,7 +171,6 @@ impl RedisBus {
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             wake: Notify::new(),
-            applied: watch::Sender::new(0),
             connected: AtomicBool::new(false),
             canary: Canary::new(ms(settings.canary_timeout_ms)),
         });
@@ -232,18 +238,24 @@ impl RedisBus {
 
 impl Bus for RedisBus {
     fn interest_changed(&self, user: UserId) -> BoxFuture<()> {
-        let epoch = {
+        let confirmed = {
             let mut pending = self.shared.pending();
             pending.requested += 1;
             let epoch = pending.requested;
             pending.dirty.insert(user, epoch);
-            epoch
+            let (tx, rx) = oneshot::channel();
+            // Callers that stopped waiting (their timeout) are forgotten now and then, so that
+            // a long outage does not pile them up.
+            if pending.waiters.len() >= 1024 && pending.waiters.len().is_power_of_two() {
+                pending.waiters.retain(|(_, tx)| !tx.is_closed());
+            }
+            pending.waiters.push_back((epoch, tx));
+            rx
         };
         self.shared.wake.notify_one();
-        let mut applied = self.shared.applied.subscribe();
         Box::pin(async move {
-            // Err only when the subscriber task is gone, i.e. the node is shutting down.
-            let _ = applied.wait_for(|&done| done >= epoch).await;
+            // Err only when the bus is gone, i.e. the node is shutting down.
+            let _ = confirmed.await;
         })
     }
 
@@ -319,5 +331,37 @@ mod tests {
         assert_eq!(users, HashSet::from([user(4), user(1)]));
         assert_eq!(confirm, 5, "nothing left: everything requested");
         assert!(pending.dirty.is_empty());
+    }
+
+    #[test]
+    fn a_confirmation_wakes_exactly_the_waiters_it_covers() {
+        let shared = Shared {
+            pending: Mutex::default(),
+            wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            canary: Canary::new(std::time::Duration::from_secs(1)),
+        };
+        let mut waiters: Vec<_> = (1..=3)
+            .map(|epoch| {
+                let (tx, rx) = oneshot::channel();
+                shared.pending().waiters.push_back((epoch, tx));
+                rx
+            })
+            .collect();
+        shared.confirm(2);
+        assert!(waiters[0].try_recv().is_ok());
+        assert!(waiters[1].try_recv().is_ok());
+        assert!(
+            waiters[2].try_recv().is_err(),
+            "epoch 3 is not confirmed yet"
+        );
+        shared.confirm(1);
+        assert!(
+            waiters[2].try_recv().is_err(),
+            "confirmations never go back"
+        );
+        shared.confirm(3);
+        assert!(waiters[2].try_recv().is_ok());
+        assert!(shared.pending().waiters.is_empty());
     }
 }

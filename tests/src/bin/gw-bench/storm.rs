@@ -536,6 +536,28 @@ async fn drain(
     report
 }
 
+/// Calls and µs per command from `INFO commandstats` (scripts count under evalsha, the
+/// commands they run under their own names too).
+fn command_stats(conn: &mut redis::Connection) -> BTreeMap<String, (u64, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(conn)
+        .unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))?
+                    .parse::<u64>()
+                    .ok()
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
+        })
+        .collect()
+}
+
 /// The cumulative buckets of a gateway's publish-to-fan-out latency histogram (`/metrics`).
 fn hub_latency(internal: SocketAddr) -> Option<Vec<(String, u64)>> {
     let (status, body) = e2e::http_get(internal, "/metrics").ok()?;
@@ -592,11 +614,12 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let Stage {
         own_redis,
-        mut own_gateways,
+        own_gateways,
         redis_url,
         targets,
         internals,
         pids,
+        mut redis_conn,
         ..
     } = stage(&o)?;
     let _redis = &own_redis;
@@ -717,9 +740,24 @@ pub async fn run(o: Options) -> Result<Value, String> {
         tokio::spawn(async move { publish_at_rate(&publisher, &source, messages, rate).await })
     };
     sleep(Duration::from_secs_f64(o.kill_after_secs)).await;
-    own_gateways[0].kill();
+    // SIGKILL without waiting for the process to be reaped: tearing down 10,000 sockets
+    // takes the kernel a while, and this thread also publishes (the handle reaps it at the
+    // end).
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(pids[0] as libc::pid_t, libc::SIGKILL);
+    }
     let kill_ns = now_ns();
     let hub_latency_at_kill = internals.get(1).and_then(|a| hub_latency(*a));
+    // CPU time from the kill to the end of publishing: who was busy during the storm.
+    let cpu_at_kill = (
+        redis_conn.first_mut().and_then(crate::redis_cpu),
+        e2e::procfs::cpu_time(pids[1]),
+    );
+    let commands_at_kill = redis_conn
+        .first_mut()
+        .map(command_stats)
+        .unwrap_or_default();
     say!("replica 0 killed");
     let line = format!(
         "{}\n",
@@ -737,6 +775,34 @@ pub async fn run(o: Options) -> Result<Value, String> {
             .map_err(|e| e.to_string())?;
     }
     let outcome = publishing.await.map_err(|e| e.to_string())?;
+    let storm_secs = (now_ns() - kill_ns) as f64 / 1e9;
+    let storm_cpu = json!({
+        "wall": round(storm_secs, 2),
+        "redis": cpu_at_kill
+            .0
+            .zip(redis_conn.first_mut().and_then(crate::redis_cpu))
+            .map(|(a, b)| round(b - a, 2)),
+        "survivor": cpu_at_kill
+            .1
+            .zip(e2e::procfs::cpu_time(pids[1]))
+            .map(|(a, b)| round((b - a).as_secs_f64(), 2)),
+    });
+    say!("CPU seconds from the kill to the last publish: {storm_cpu}");
+    // Redis's own accounting of what it spent that time on, costliest first.
+    let mut redis_commands: Vec<(String, u64, u64)> = redis_conn
+        .first_mut()
+        .map(command_stats)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, (calls, usec))| {
+            let (c0, u0) = commands_at_kill.get(&name).copied().unwrap_or_default();
+            (name, calls.saturating_sub(c0), usec.saturating_sub(u0))
+        })
+        .filter(|(_, calls, _)| *calls > 0)
+        .collect();
+    redis_commands.sort_by_key(|(_, _, usec)| std::cmp::Reverse(*usec));
+    redis_commands.truncate(6);
+    say!("Redis after the kill (command, calls, µs): {redis_commands:?}");
     say!(
         "published {} ({} failed); publish call p99 {:?} µs, max {:?} µs",
         outcome.sent,
@@ -935,5 +1001,10 @@ pub async fn run(o: Options) -> Result<Value, String> {
             .map(|(m, n)| json!({"message": m, "count": n}))
             .collect::<Vec<_>>(),
         "survivor_rss_kib": { "before": rss_before, "peak": peak.load(Relaxed) },
+        "cpu_seconds_after_kill": storm_cpu,
+        "redis_commands_after_kill": redis_commands
+            .iter()
+            .map(|(name, calls, usec)| json!({"command": name, "calls": calls, "usec": usec}))
+            .collect::<Vec<_>>(),
     }))
 }
