@@ -614,6 +614,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let Stage {
         own_redis,
+        own_cluster,
         own_gateways,
         redis_url,
         targets,
@@ -706,14 +707,17 @@ pub async fn run(o: Options) -> Result<Value, String> {
     let survivor_pid = pids[1];
     let rss_before = e2e::procfs::rss_kib(survivor_pid);
 
-    let publisher = Publisher::with_options(
-        &redis_url,
-        PublisherOptions {
-            pool_size: 16,
-            timeout: Duration::from_secs(10),
-            ..PublisherOptions::default()
-        },
-    )
+    let options = PublisherOptions {
+        pool_size: 16,
+        timeout: Duration::from_secs(10),
+        ..PublisherOptions::default()
+    };
+    let publisher = match &own_cluster {
+        Some(cluster) => {
+            Publisher::with_cluster(publisher::ClusterConfig::new(cluster.seed_addrs()), options)
+        }
+        None => Publisher::with_options(&redis_url, options),
+    }
     .map_err(|e| e.to_string())?;
     publisher.ping().await.map_err(|e| e.to_string())?;
     let source = Arc::new(Source {
@@ -749,7 +753,8 @@ pub async fn run(o: Options) -> Result<Value, String> {
     }
     let kill_ns = now_ns();
     let hub_latency_at_kill = internals.get(1).and_then(|a| hub_latency(*a));
-    // CPU time from the kill to the end of publishing: who was busy during the storm.
+    // CPU time from the kill to the end of publishing: who was busy during the storm (on a
+    // cluster, Redis is its first master).
     let cpu_at_kill = (
         redis_conn.first_mut().and_then(crate::redis_cpu),
         e2e::procfs::cpu_time(pids[1]),
