@@ -2,7 +2,9 @@
 # Redis CPU per notification of the history write, against a plain PUBLISH of the same payload,
 # measured in one run with Redis's own accounting (INFO commandstats usec_per_call, and the
 # process's CPU time from INFO cpu). Usage: tests/bench-history-write.sh [N] (default 200000
-# calls per variant; pipelined 16 deep, 1,000 users, no subscriber). Needs redis-server and
+# calls per variant; pipelined 16 deep, 1,000 users), first with no subscriber, then with one
+# connection subscribed to all 1,000 channels, as a gateway node is (each PUBLISH then writes
+# the message to it). Needs redis-server and
 # redis-benchmark (apt-get install -y redis-server redis-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,20 +47,32 @@ run() { # name, command name in commandstats, command...
   cpu_per_call[$name]=$(python3 -c "print(round(($after - $before) * 1e6 / $n, 2))")
 }
 
-run publish publish PUBLISH user___rand_int__ "$payload"
-run script evalsha EVALSHA "$sha" 1 history:user___rand_int__ user___rand_int__ "$payload" 1000 86400000
-run script_no_age evalsha EVALSHA "$sha" 1 history:user___rand_int__ user___rand_int__ "$payload" 1000 0
-run script_xadd_publish evalsha EVALSHA "$sha_xadd" 1 history:user___rand_int__ user___rand_int__ "$payload" 1000
-run script_publish_only evalsha EVALSHA "$sha_pub" 0 user___rand_int__ "$payload"
-run function fcall FCALL gw_publish 1 history:user___rand_int__ user___rand_int__ "$payload" 1000 86400000
-run function_publish_only fcall FCALL publish_only 0 user___rand_int__ "$payload"
+report() { # title
+  run publish publish PUBLISH user___rand_int__ "$payload"
+  run script evalsha EVALSHA "$sha" 1 history:user___rand_int__ user___rand_int__ "$payload" 1000 86400000
+  run script_no_age evalsha EVALSHA "$sha" 1 history:user___rand_int__ user___rand_int__ "$payload" 1000 0
+  run script_xadd_publish evalsha EVALSHA "$sha_xadd" 1 history:user___rand_int__ user___rand_int__ "$payload" 1000
+  run script_publish_only evalsha EVALSHA "$sha_pub" 0 user___rand_int__ "$payload"
+  run function fcall FCALL gw_publish 1 history:user___rand_int__ user___rand_int__ "$payload" 1000 86400000
+  run function_publish_only fcall FCALL publish_only 0 user___rand_int__ "$payload"
 
-base=${per_call[publish]}
-base_cpu=${cpu_per_call[publish]}
-printf '%-22s %14s %8s %20s %8s\n' variant usec_per_call ratio "process_cpu_us/call" ratio
-for v in publish script script_no_age script_xadd_publish script_publish_only function function_publish_only; do
-  printf '%-22s %14s %8s %20s %8s\n' "$v" "${per_call[$v]}" \
-    "$(python3 -c "print(round(${per_call[$v]} / $base, 2))")" "${cpu_per_call[$v]}" \
-    "$(python3 -c "print(round(${cpu_per_call[$v]} / $base_cpu, 2))")"
-done
-echo "($(redis-server --version | cut -d' ' -f3), $n calls each, pipelined 16 deep, 8 connections, 1,000 users, no subscriber, load $(cut -d' ' -f1-3 /proc/loadavg))"
+  local base=${per_call[publish]} base_cpu=${cpu_per_call[publish]}
+  echo "$1"
+  printf '%-22s %14s %8s %20s %8s\n' variant usec_per_call ratio "process_cpu_us/call" ratio
+  for v in publish script script_no_age script_xadd_publish script_publish_only function function_publish_only; do
+    printf '%-22s %14s %8s %20s %8s\n' "$v" "${per_call[$v]}" \
+      "$(python3 -c "print(round(${per_call[$v]} / $base, 2))")" "${cpu_per_call[$v]}" \
+      "$(python3 -c "print(round(${cpu_per_call[$v]} / $base_cpu, 2))")"
+  done
+}
+
+report "no subscriber:"
+# One connection subscribed to every user's channel (redis-benchmark's __rand_int__ is 12
+# digits), reading and discarding what it gets, as a gateway node does.
+# shellcheck disable=SC2046
+redis-cli -p "$port" subscribe $(seq -f 'user_%012g' 0 999) >/dev/null &
+subscriber=$!
+trap 'kill $subscriber $pid 2>/dev/null; rm -rf "$dir"' EXIT
+until [ "$(cli pubsub numsub user_000000000999 | tail -1)" = 1 ]; do sleep 0.05; done
+report "one subscriber to all 1,000 channels (a gateway node):"
+echo "($(redis-server --version | cut -d' ' -f3), $n calls each, pipelined 16 deep, 8 connections, 1,000 users, load $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -107,7 +107,7 @@ pub fn plan_replay(
 pub fn stored_frame(id: StreamId, payload: &[u8]) -> Option<Frame> {
     let framed = wire::with_id(id, payload)?;
     let text = bytestring::ByteString::try_from(framed).ok()?;
-    Some(Frame { id: Some(id), text })
+    Some(Frame::new(Some(id), text))
 }
 
 /// The frame telling a client that notifications after `since` may not be delivered.
@@ -122,10 +122,7 @@ pub fn missed_frame(since: StreamId, resume: StreamId) -> Frame {
         "event": MISSED_EVENT,
         "data": { "since": since.to_string() },
     });
-    Frame {
-        id: Some(resume),
-        text: body.to_string().into(),
-    }
+    Frame::new(Some(resume), body.to_string().into())
 }
 
 /// The `event` of the missed-notifications frame.

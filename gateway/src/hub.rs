@@ -16,9 +16,10 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_web::web::Bytes;
 use bytestring::ByteString;
 use publisher::wire::{self, PayloadError, StreamId, UserId};
 
@@ -26,12 +27,39 @@ use crate::metrics::{DropCause, Metrics};
 use crate::outbox::{outbox, OutboxReceiver, OutboxSender, PushError};
 
 /// One notification as written to sockets: the text is shared, never copied per socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Frame {
     /// Its history id, when it has one (plain PUBLISHes are live only).
     pub id: Option<StreamId>,
     pub text: ByteString,
+    /// The frame as a Server-Sent Event, built by the first SSE stream that sends it and
+    /// shared by the others: once per notification, not once per stream.
+    sse_event: OnceLock<Bytes>,
 }
+
+impl Frame {
+    pub fn new(id: Option<StreamId>, text: ByteString) -> Self {
+        Frame {
+            id,
+            text,
+            sse_event: OnceLock::new(),
+        }
+    }
+
+    /// The frame encoded by `build` (the SSE encoder) the first time it is asked for.
+    pub fn sse_event(&self, build: impl FnOnce(&Frame) -> Bytes) -> Bytes {
+        self.sse_event.get_or_init(|| build(self)).clone()
+    }
+}
+
+/// Frames are equal when they say the same; whether one was encoded yet does not matter.
+impl PartialEq for Frame {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.text == other.text
+    }
+}
+
+impl Eq for Frame {}
 
 pub type SocketId = u64;
 
@@ -221,7 +249,7 @@ impl Hub {
         if let Some(entry) = self.shard(user).get_mut(&user) {
             entry.cursor = frame.id;
         }
-        self.deliver_frame(user, Frame { id: None, ..frame })
+        self.deliver_frame(user, Frame::new(None, frame.text))
     }
 
     /// Validates one payload from the bus and queues it to every local socket of `user`.
@@ -254,7 +282,7 @@ impl Hub {
         let Ok(text) = ByteString::try_from(payload.to_vec()) else {
             return 0;
         };
-        self.deliver_frame(user, Frame { id: info.id, text })
+        self.deliver_frame(user, Frame::new(info.id, text))
     }
 
     /// Queues a ready frame to every local socket of `user`, unless its id shows the user

@@ -157,29 +157,23 @@ pub async fn run(
                     "scaled-out mode: sharded pub/sub on a Redis Cluster, one link per master"
                 ),
             }
-            let scheduler = if matches!(topology, RedisTopology::Cluster(_)) {
-                tracing::warn!(
-                    "scheduled notifications and presence are not supported on a Redis Cluster \
-                     yet: /api/schedule and /api/presence answer 400 (docs/SCHEDULING.md)"
-                );
-                schedule::Scheduler::Unsupported
-            } else {
-                let background = bus.background_publisher();
-                tokio::spawn(schedule::fire_loop(
-                    background.clone(),
-                    settings.schedule.clone(),
-                    metrics.clone(),
-                    stop_rx.clone(),
-                ));
-                tokio::spawn(presence.clone().run(
-                    background,
-                    ms(settings.presence.heartbeat_ms),
-                    ms(settings.presence.ttl_ms),
-                    metrics.clone(),
-                    stop_rx.clone(),
-                ));
-                schedule::Scheduler::Redis(bus.publisher())
-            };
+            // On a cluster the firing loop claims, publishes and acknowledges in three steps
+            // (publisher-lib's fire_due); the calls are the same on every topology.
+            let background = bus.background_publisher();
+            tokio::spawn(schedule::fire_loop(
+                background.clone(),
+                settings.schedule.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            tokio::spawn(presence.clone().run(
+                background,
+                ms(settings.presence.heartbeat_ms),
+                ms(settings.presence.ttl_ms),
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            let scheduler = schedule::Scheduler::Redis(bus.publisher());
             (Arc::new(bus), scheduler)
         }
         None => {

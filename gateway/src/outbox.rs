@@ -160,10 +160,7 @@ mod tests {
     use crate::hub::Frame;
 
     fn frame(n: u8) -> QueuedFrame {
-        Arc::new(Frame {
-            id: None,
-            text: format!("{n}").into(),
-        })
+        Arc::new(Frame::new(None, format!("{n}").into()))
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Scheduled notifications: stored until due, then fired through the bus's publish path.
 //!
 //! - Scaled-out mode ([`Scheduler::Redis`]): items live in Redis (publisher-lib's
-//!   `schedule` layout). Every node runs [`fire_loop`]: it runs the firing script every
-//!   `schedule.poll_interval_ms` (with jitter) and at the next due time it saw. The script
-//!   claims and publishes atomically, so there is no leader and an item fires once however
-//!   many nodes poll and whichever of them dies.
+//!   `schedule` layout). Every node runs [`fire_loop`]: it fires due items every
+//!   `schedule.poll_interval_ms` (with jitter) and at the next due time it saw. With one
+//!   Redis or Sentinel one script claims and publishes atomically; on a Redis Cluster items
+//!   are claimed under a lease, published idempotently on their users' shards, then
+//!   acknowledged (docs/SCHEDULING.md). Either way there is no leader and an item fires once
+//!   however many nodes poll and whichever of them dies.
 //! - Single-node mode ([`Scheduler::Memory`]): items live in this process and are lost when
 //!   it stops.
 
@@ -27,13 +29,7 @@ use crate::presence::Presence;
 pub enum Scheduler {
     Redis(Publisher),
     Memory(Arc<MemorySchedule>),
-    /// On a Redis Cluster: not supported yet (the firing script writes history streams in
-    /// other slots than the schedule's); every call says so.
-    Unsupported,
 }
-
-const UNSUPPORTED: &str = "scheduled notifications and presence are not supported on a Redis \
-                           Cluster yet (redis.cluster_nodes); see docs/SCHEDULING.md";
 
 /// Why a scheduling call failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +62,6 @@ impl Scheduler {
         max_payload_bytes: usize,
     ) -> Result<(), ScheduleError> {
         match self {
-            Scheduler::Unsupported => Err(ScheduleError::Invalid(UNSUPPORTED.into())),
             Scheduler::Redis(publisher) => {
                 let at = std::time::UNIX_EPOCH + Duration::from_millis(at_ms);
                 Ok(publisher.schedule(user, notification, at, key).await?)
@@ -88,7 +83,6 @@ impl Scheduler {
     pub async fn cancel(&self, key: &str) -> Result<bool, ScheduleError> {
         match self {
             Scheduler::Redis(publisher) => Ok(publisher.cancel(key).await?),
-            Scheduler::Unsupported => Err(ScheduleError::Invalid(UNSUPPORTED.into())),
             Scheduler::Memory(schedule) => {
                 let key: ScheduleKey = key.parse().map_err(PublishError::from)?;
                 Ok(schedule.remove(key.as_str()))
@@ -105,7 +99,6 @@ impl Scheduler {
     ) -> Result<Vec<FleetPresence>, ScheduleError> {
         match self {
             Scheduler::Redis(publisher) => Ok(publisher.presence(users, with_nodes).await?),
-            Scheduler::Unsupported => Err(ScheduleError::Invalid(UNSUPPORTED.into())),
             Scheduler::Memory(_) => Ok(local
                 .local(users)
                 .into_iter()
@@ -143,7 +136,8 @@ pub async fn fire_loop(
                     failing = false;
                 }
                 record(&report, &settings, &metrics);
-                if report.fired.len() + report.dropped.len() >= settings.batch {
+                let handled = report.fired.len() + report.dropped.len() + report.pending.len();
+                if handled >= settings.batch {
                     Duration::ZERO
                 } else {
                     let poll = jitter.around(poll);
@@ -186,6 +180,14 @@ fn record(report: &FireReport, settings: &ScheduleSettings, metrics: &Metrics) {
             lateness_ms,
             max_lateness_ms = settings.max_lateness_ms,
             "scheduled notification dropped: claimed too late after its due time (no gateway was running?)"
+        );
+    }
+    for (key, lateness_ms) in &report.pending {
+        tracing::warn!(
+            key,
+            lateness_ms,
+            "scheduled notification claimed but its user's Redis shard did not answer; it is \
+             claimed again (by any node) when its lease runs out, and published once"
         );
     }
     for (key, lateness_ms) in &report.fired {

@@ -9,11 +9,22 @@
 //!   subscription is dropped after `ws.unsubscribe_linger_ms` unless a socket came back, so a
 //!   browser that reconnects at once causes no UNSUBSCRIBE/SUBSCRIBE churn.
 //!
+//! Lingering users wait in one queue, released by one task: a task and timer per user whose
+//! last socket closed cost a few hundred bytes each, allocated on whichever worker closed it
+//! and freed seconds later, and under connection churn tens of thousands of them scatter
+//! over the allocator's arenas (docs/PERFORMANCE.md, "Churn"). The linger is the same for
+//! everyone, so the queue is in deadline order and only its front needs a timer.
+//!
 //! The hub holds the state (who is wanted, the sockets' queues); the bus follows the hub when
 //! told that a user's interest changed.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use publisher::wire::UserId;
 
@@ -30,6 +41,11 @@ pub struct Subscriptions {
     confirm_timeout: Duration,
     /// Told of every socket open and close (presence counts).
     presence: Option<Arc<Presence>>,
+    /// Users whose last socket closed, with when they may go, in that order.
+    lingering: Mutex<VecDeque<(Instant, UserId)>>,
+    /// Wakes the release task when the queue stops being empty.
+    lingering_added: Arc<Notify>,
+    releasing: AtomicBool,
 }
 
 /// The user already holds `max_sockets` sockets on this node.
@@ -49,6 +65,9 @@ impl Subscriptions {
             linger,
             confirm_timeout,
             presence: None,
+            lingering: Mutex::new(VecDeque::new()),
+            lingering_added: Arc::new(Notify::new()),
+            releasing: AtomicBool::new(false),
         }
     }
 
@@ -102,14 +121,57 @@ impl Subscriptions {
             presence.closed(user);
         }
         if self.hub.unregister(user, socket) {
-            let this = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(this.linger).await;
-                if this.hub.release_if_idle(user) {
-                    // Registered on the call; no need to wait for Redis to confirm the UNSUBSCRIBE.
-                    drop(this.bus.interest_changed(user));
+            if !self.releasing.swap(true, Ordering::AcqRel) {
+                tokio::spawn(release_lingering(
+                    Arc::downgrade(self),
+                    self.lingering_added.clone(),
+                ));
+            }
+            let was_empty = {
+                let mut lingering = self.lingering.lock().expect("lingering queue poisoned");
+                // The clock is read under the lock, so the queue stays in deadline order.
+                lingering.push_back((Instant::now() + self.linger, user));
+                lingering.len() == 1
+            };
+            if was_empty {
+                self.lingering_added.notify_one();
+            }
+        }
+    }
+
+    /// Releases the users whose linger is over (unless a socket came back); returns when the
+    /// next one is due.
+    fn release_due(&self) -> Option<Instant> {
+        let now = Instant::now();
+        loop {
+            let (due, user) = {
+                let mut lingering = self.lingering.lock().expect("lingering queue poisoned");
+                match lingering.front() {
+                    Some(&(due, _)) if due > now => return Some(due),
+                    None => return None,
+                    Some(_) => lingering.pop_front()?,
                 }
-            });
+            };
+            debug_assert!(due <= now);
+            if self.hub.release_if_idle(user) {
+                // Registered on the call; no need to wait for Redis to confirm the UNSUBSCRIBE.
+                drop(self.bus.interest_changed(user));
+            }
+        }
+    }
+}
+
+/// The one task that ends lingers, for as long as the subscriptions exist.
+async fn release_lingering(subscriptions: Weak<Subscriptions>, added: Arc<Notify>) {
+    loop {
+        let next = match subscriptions.upgrade() {
+            Some(subscriptions) => subscriptions.release_due(),
+            None => return,
+        };
+        match next {
+            // A user added meanwhile is due after `due`: no need to watch the queue.
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => added.notified().await,
         }
     }
 }
@@ -166,6 +228,29 @@ mod tests {
         assert!(hub.wants(user(1)), "still lingering");
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(!hub.wants(user(1)), "released after the linger");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn users_leaving_at_different_times_are_each_released_after_their_own_linger() {
+        let (hub, subscriptions) = setup();
+        let first = subscriptions.attach(user(1), 10).await.unwrap();
+        let second = subscriptions.attach(user(2), 10).await.unwrap();
+        subscriptions.detach(user(1), first.socket);
+        tokio::time::sleep(LINGER / 2).await;
+        subscriptions.detach(user(2), second.socket);
+        tokio::time::sleep(LINGER / 2 + Duration::from_millis(1)).await;
+        assert!(!hub.wants(user(1)), "the first released after its linger");
+        assert!(hub.wants(user(2)), "the second still lingering");
+        tokio::time::sleep(LINGER / 2).await;
+        assert!(
+            !hub.wants(user(2)),
+            "the second released after its own linger"
+        );
+        // The queue emptied; a later detach wakes the release task again.
+        let third = subscriptions.attach(user(3), 10).await.unwrap();
+        subscriptions.detach(user(3), third.socket);
+        tokio::time::sleep(LINGER + Duration::from_millis(1)).await;
+        assert!(!hub.wants(user(3)), "released after an idle queue");
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,9 +3,13 @@
 //!
 //! `docs/SCHEDULING.md` describes the same contract for other languages; keep both in step.
 //!
-//! Every key carries the hash tag `{gw}`, so all of them live in one slot: the layout is
-//! ready for Redis Cluster's per-slot rule, although firing also writes users' history
-//! streams, which on a Cluster live in other slots (Cluster is not supported yet).
+//! Every key carries the hash tag `{gw}`, so all of them live in one slot. With one Redis (or
+//! Sentinel) a gateway fires with [`FIRE_SCRIPT`], which claims and publishes in one script.
+//! On a Redis Cluster users' history streams live in other slots than the schedule, so a
+//! gateway fires in three steps instead: [`CLAIM_SCRIPT`] moves due items into claims under a
+//! lease, each claim is published with `publish.lua` under the claim's token as a retry (a
+//! second publish of the same claim stores and delivers nothing), then the claims are
+//! acknowledged (removed from [`CLAIMS_KEY`] and [`LEASES_KEY`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,6 +21,12 @@ use crate::wire::UserId;
 pub const DUE_KEY: &str = "schedule:{gw}:due";
 /// HASH of scheduled items: field = the caller's key, value = `"<user id> <notification JSON>"`.
 pub const ITEMS_KEY: &str = "schedule:{gw}:items";
+/// HASH of claimed items (Redis Cluster only): field = the claim's token (`s:<sha1 hex>`),
+/// value = `"<due ms> <user id> <key> <notification JSON>"`.
+pub const CLAIMS_KEY: &str = "schedule:{gw}:claims";
+/// ZSET of the claims' leases (Redis Cluster only): member = token, score = ms (Redis clock)
+/// after which another gateway may claim the item again.
+pub const LEASES_KEY: &str = "schedule:{gw}:leases";
 /// ZSET of live gateway nodes: member = node id, score = ms until which its counts hold.
 pub const NODES_KEY: &str = "presence:{gw}:nodes";
 /// Prefix of a node's HASH of socket counts (field = user id, value = sockets open).
@@ -45,6 +55,9 @@ pub const FIRE_SCRIPT: &str = concat!(
     "end\n",
     include_str!("fire.lua")
 );
+
+/// Step 1 of firing on a Redis Cluster: claims due items (and claims whose lease ran out).
+pub const CLAIM_SCRIPT: &str = include_str!("claim.lua");
 
 /// The caller's name for a scheduled item, e.g. `booking:1881:expiring`: 1 to 200 bytes of
 /// ASCII letters, digits and `_ - . :`. Scheduling the same key again replaces the item.
@@ -143,6 +156,10 @@ pub struct FireReport {
     pub fired: Vec<(String, i64)>,
     /// Items removed unpublished because they were later than the limit: (key, lateness).
     pub dropped: Vec<(String, i64)>,
+    /// Redis Cluster only: items claimed whose publish got no answer (their user's shard
+    /// failed): (key, lateness when claimed). They are not lost: any gateway claims them
+    /// again when their lease runs out and publishes them once.
+    pub pending: Vec<(String, i64)>,
 }
 
 /// One user's sockets across the fleet.

@@ -50,3 +50,35 @@ pub async fn query_each<T: FromRedisValue>(
     .await?;
     Ok(T::from_redis_value(redis::Value::Array(replies))?)
 }
+
+/// Like [`query_each`], but each command's reply or error on its own, in order, each within
+/// `limit`: one failing or stalling command (its user's shard is down) does not hide the
+/// replies of the others.
+pub async fn query_each_settled(
+    conn: &redis::cluster_async::ClusterConnection,
+    pipe: &Pipeline,
+    script: &Script,
+    limit: std::time::Duration,
+) -> Vec<RedisResult<redis::Value>> {
+    futures_util::future::join_all(pipe.cmd_iter().map(|cmd| {
+        let mut conn = conn.clone();
+        let query = async move {
+            let result = cmd.query_async::<redis::Value>(&mut conn).await;
+            if matches!(&result, Err(e) if is_noscript(e)) {
+                script.prepare_invoke().load_async(&mut conn).await?;
+                return cmd.query_async::<redis::Value>(&mut conn).await;
+            }
+            result
+        };
+        async move {
+            tokio::time::timeout(limit, query)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    )))
+                })
+        }
+    }))
+    .await
+}

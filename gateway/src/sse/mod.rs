@@ -63,7 +63,10 @@ impl Transport for EventStream {
     }
 
     async fn send(&mut self, frame: &Frame) -> Result<(), Gone> {
-        self.body.send(event(frame)).await.map_err(|_| Gone)
+        self.body
+            .send(frame.sse_event(event))
+            .await
+            .map_err(|_| Gone)
     }
 
     async fn heartbeat(&mut self) -> Result<(), Gone> {
@@ -255,18 +258,15 @@ mod tests {
 
     #[test]
     fn a_notification_is_one_event_with_its_id() {
-        let frame = Frame {
-            id: Some(StreamId::new(1_763_775_600_123, 4)),
-            text: r#"{"id":"1763775600123-4","type":"info","message":"hi"}"#.into(),
-        };
+        let frame = Frame::new(
+            Some(StreamId::new(1_763_775_600_123, 4)),
+            r#"{"id":"1763775600123-4","type":"info","message":"hi"}"#.into(),
+        );
         assert_eq!(
             text(event(&frame)),
             "id: 1763775600123-4\ndata: {\"id\":\"1763775600123-4\",\"type\":\"info\",\"message\":\"hi\"}\n\n"
         );
-        let live_only = Frame {
-            id: None,
-            text: r#"{"type":"info"}"#.into(),
-        };
+        let live_only = Frame::new(None, r#"{"type":"info"}"#.into());
         assert_eq!(
             text(event(&live_only)),
             "data: {\"type\":\"info\"}\n\n",
@@ -275,11 +275,20 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_is_encoded_once_for_every_stream() {
+        let frame = Frame::new(None, r#"{"type":"info"}"#.into());
+        let first = frame.sse_event(event);
+        let second = frame.sse_event(|_| unreachable!("encoded again"));
+        assert_eq!(first.as_ptr(), second.as_ptr(), "the same bytes, shared");
+        assert_eq!(text(second), "data: {\"type\":\"info\"}\n\n");
+    }
+
+    #[test]
     fn line_breaks_in_the_json_cannot_end_the_event_early() {
-        let frame = Frame {
-            id: None,
-            text: "{\r\n  \"type\": \"info\",\r  \"message\": \"a\\nb\"\n}".into(),
-        };
+        let frame = Frame::new(
+            None,
+            "{\r\n  \"type\": \"info\",\r  \"message\": \"a\\nb\"\n}".into(),
+        );
         let got = text(event(&frame));
         assert_eq!(
             got,

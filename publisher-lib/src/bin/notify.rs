@@ -1,15 +1,19 @@
-//! `notify`: publish one notification from the shell, for ops and scripts.
+//! `notify`: publish, schedule or cancel one notification, or ask presence, from the shell,
+//! for ops and scripts.
 //!
 //! ```text
 //! notify --user 42 --type info --message "Parking B closes at 22:00"
 //! notify --user 42 --event booking.expiring_soon --data '{"booking_id":1,"slot":"A-12","minutes_left":5}'
+//! notify --user 42 --event booking.expired --data '{"booking_id":1,"slot":"A-12"}' --at +300 --key booking:1:expired
+//! notify --cancel booking:1:expired
+//! notify --presence --user 42 --user 43
 //! ```
 //!
-//! The same rules as the gateway's `POST /api/publish` (publisher-lib's
-//! `Notification::from_fields`), published with publisher-lib's `Publisher`.
+//! The same rules as the gateway's `POST /api/publish`, `/api/schedule` and `/api/presence`
+//! (publisher-lib's `Notification::from_fields`, `Publisher::schedule`, `cancel`, `presence`).
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use publisher::{
     ClusterConfig, ErrorKind, Level, Notification, Publisher, PublisherOptions, SentinelConfig,
@@ -21,6 +25,9 @@ const USAGE: &str = "\
 usage: notify [--redis URL | --sentinels HOST:PORT,... --sentinel-master NAME |
                --cluster-nodes HOST:PORT,...]
               --user ID [--user ID ...] NOTIFICATION [--timeout-ms N]
+       notify [REDIS] --user ID NOTIFICATION --at MS|+SECONDS --key KEY   (schedule)
+       notify [REDIS] --cancel KEY
+       notify [REDIS] --presence [--nodes] --user ID [--user ID ...]
 
 NOTIFICATION is either
   --type success|info|warning|error --message TEXT [--event NAME] [--data JSON]
@@ -36,10 +43,17 @@ or a typed event, with its level and default message:
 --cluster-nodes  instead of --redis, seed nodes of a Redis Cluster (the gateways'
             redis.cluster_nodes; default $REDIS_CLUSTER_NODES); password from $REDIS_PASSWORD
 --data      a JSON object, e.g. '{\"booking_id\":1881,\"slot\":\"A-12\",\"minutes_left\":5}'
---timeout-ms  upper bound for the whole publish (default 2000)
+--timeout-ms  upper bound for the whole call (default 2000)
+--at        schedule instead of publishing now: due time in ms since the Unix epoch, or
+            +SECONDS from now; with --key, the caller's name for the item (1-200 bytes of
+            A-Z a-z 0-9 _ - . :). The same key again reschedules (docs/SCHEDULING.md)
+--cancel    cancel the scheduled item with this key
+--presence  print each user's open sockets across the fleet (--nodes: and on which nodes)
 
-Prints how many gateway nodes received it (0: the user has no browser open; not an error).
-Exit status: 0 published, 1 Redis unavailable or too slow, 2 bad input.";
+Publishing prints how many gateway nodes received it (0: the user has no browser open; not an
+error); scheduling `scheduled: KEY at MS`; cancelling `cancelled: true` (false: no such item,
+or it fired); presence one `USER: SOCKETS` line per user.
+Exit status: 0 done, 1 Redis unavailable or too slow, 2 bad input.";
 
 /// A command line that cannot be acted on; exit status 2.
 struct BadInput(String);
@@ -51,10 +65,30 @@ enum Target {
     Cluster(ClusterConfig),
 }
 
+/// What the command line asks for.
+enum Action {
+    Publish {
+        users: Vec<UserId>,
+        notification: Notification,
+    },
+    Schedule {
+        user: UserId,
+        notification: Notification,
+        at: SystemTime,
+        key: String,
+    },
+    Cancel {
+        key: String,
+    },
+    Presence {
+        users: Vec<UserId>,
+        with_nodes: bool,
+    },
+}
+
 struct Args {
     redis: Target,
-    users: Vec<UserId>,
-    notification: Notification,
+    action: Action,
     timeout: Duration,
 }
 
@@ -80,10 +114,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(publish(args))
+    runtime.block_on(run(args))
 }
 
-async fn publish(args: Args) -> ExitCode {
+async fn run(args: Args) -> ExitCode {
     let options = PublisherOptions {
         pool_size: 1,
         timeout: args.timeout,
@@ -94,29 +128,96 @@ async fn publish(args: Args) -> ExitCode {
         Target::Sentinel(sentinel) => Publisher::with_sentinel(sentinel, options),
         Target::Cluster(cluster) => Publisher::with_cluster(cluster, options),
     };
-    let result = match publisher {
-        Ok(publisher) => match args.users.as_slice() {
-            [user] => publisher.publish(*user, args.notification).await,
-            users => publisher.publish_many(users, args.notification).await,
-        },
-        Err(error) => Err(error),
+    let publisher = match publisher {
+        Ok(publisher) => publisher,
+        Err(error) => return failed(error),
     };
-    match result {
-        Ok(receivers) => {
-            println!("receivers: {receivers}");
-            if receivers == 0 {
-                eprintln!("notify: no gateway node holds a socket of this user right now (not an error; nothing is kept for later)");
+    match args.action {
+        Action::Publish {
+            users,
+            notification,
+        } => {
+            let result = match users.as_slice() {
+                [user] => publisher.publish(*user, notification).await,
+                users => publisher.publish_many(users, notification).await,
+            };
+            match result {
+                Ok(receivers) => {
+                    println!("receivers: {receivers}");
+                    if receivers == 0 {
+                        eprintln!("notify: no gateway node holds a socket of this user right now (not an error; nothing is kept for later)");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => failed(error),
             }
-            ExitCode::SUCCESS
         }
-        Err(error) => {
-            eprintln!("notify: {error}");
-            match error.kind() {
-                ErrorKind::InvalidInput | ErrorKind::TooLarge => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
+        Action::Schedule {
+            user,
+            notification,
+            at,
+            key,
+        } => match publisher.schedule(user, notification, at, &key).await {
+            Ok(()) => {
+                let ms = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                println!("scheduled: {key} at {ms}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => failed(error),
+        },
+        Action::Cancel { key } => match publisher.cancel(&key).await {
+            Ok(cancelled) => {
+                println!("cancelled: {cancelled}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => failed(error),
+        },
+        Action::Presence { users, with_nodes } => {
+            match publisher.presence(&users, with_nodes).await {
+                Ok(answers) => {
+                    for (user, presence) in users.iter().zip(answers) {
+                        let nodes: Vec<String> = presence
+                            .nodes
+                            .iter()
+                            .map(|(node, sockets)| format!("{node}: {sockets}"))
+                            .collect();
+                        if nodes.is_empty() {
+                            println!("{user}: {}", presence.sockets);
+                        } else {
+                            println!("{user}: {} ({})", presence.sockets, nodes.join(", "));
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => failed(error),
             }
         }
     }
+}
+
+/// Prints the error; bad input exits 2, anything else (Redis down, too slow) 1.
+fn failed(error: publisher::PublishError) -> ExitCode {
+    eprintln!("notify: {error}");
+    match error.kind() {
+        ErrorKind::InvalidInput | ErrorKind::TooLarge => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// `--at`: milliseconds since the Unix epoch, or `+SECONDS` from now.
+fn due_time(text: &str) -> Result<SystemTime, BadInput> {
+    let bad = || {
+        BadInput(format!(
+            "--at {text:?}: expected milliseconds since the Unix epoch or +SECONDS"
+        ))
+    };
+    if let Some(seconds) = text.strip_prefix('+') {
+        let seconds: f64 = seconds.parse().map_err(|_| bad())?;
+        let ahead = Duration::try_from_secs_f64(seconds).map_err(|_| bad())?;
+        return Ok(SystemTime::now() + ahead);
+    }
+    let ms: u64 = text.parse().map_err(|_| bad())?;
+    Ok(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInput> {
@@ -127,6 +228,8 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
     let mut users = Vec::new();
     let (mut level, mut message, mut event, mut data) = (None, None, None, None);
     let mut timeout = Duration::from_secs(2);
+    let (mut at, mut key, mut cancel) = (None, None, None);
+    let (mut presence, mut with_nodes) = (false, false);
 
     while let Some(flag) = argv.next() {
         if flag == "--help" || flag == "-h" {
@@ -179,20 +282,70 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
                     })?;
                 timeout = Duration::from_millis(ms);
             }
+            "--at" => at = Some(due_time(&value()?)?),
+            "--key" => key = Some(value()?),
+            "--cancel" => cancel = Some(value()?),
+            "--presence" => presence = true,
+            "--nodes" => with_nodes = true,
             other => return Err(BadInput(format!("unknown argument {other:?}"))),
         }
     }
 
-    if users.is_empty() {
-        return Err(BadInput("give at least one --user".into()));
-    }
-    let notification = Notification::from_fields(
-        level,
-        message,
-        event.as_deref(),
-        data.unwrap_or_else(Map::new),
-    )
-    .map_err(|e| BadInput(e.to_string()))?;
+    let notifying = level.is_some() || message.is_some() || event.is_some() || data.is_some();
+    let action = if let Some(key) = cancel {
+        if !users.is_empty() || notifying || at.is_some() || presence {
+            return Err(BadInput(
+                "--cancel takes only the key (and where Redis is)".into(),
+            ));
+        }
+        Action::Cancel { key }
+    } else if presence {
+        if notifying || at.is_some() || key.is_some() {
+            return Err(BadInput(
+                "--presence takes only --user (and --nodes)".into(),
+            ));
+        }
+        if users.is_empty() {
+            return Err(BadInput("give at least one --user".into()));
+        }
+        Action::Presence { users, with_nodes }
+    } else {
+        let notification = match users.len() {
+            0 => return Err(BadInput("give at least one --user".into())),
+            _ => Notification::from_fields(
+                level,
+                message,
+                event.as_deref(),
+                data.unwrap_or_else(Map::new),
+            )
+            .map_err(|e| BadInput(e.to_string()))?,
+        };
+        match (at, key) {
+            (None, None) => Action::Publish {
+                users,
+                notification,
+            },
+            (Some(at), Some(key)) => match users.as_slice() {
+                [user] => Action::Schedule {
+                    user: *user,
+                    notification,
+                    at,
+                    key,
+                },
+                _ => {
+                    return Err(BadInput(
+                        "a scheduled item is for one --user (one key, one user)".into(),
+                    ))
+                }
+            },
+            (Some(_), None) => {
+                return Err(BadInput(
+                    "--at needs --key (your name for the item, to reschedule or cancel it)".into(),
+                ))
+            }
+            (None, Some(_)) => return Err(BadInput("--key needs --at (when it is due)".into())),
+        }
+    };
     let sentinels = sentinels.filter(|s| !s.trim().is_empty());
     if let Some(nodes) = cluster_nodes.filter(|s| !s.trim().is_empty()) {
         if sentinels.is_some() || sentinel_master.is_some() {
@@ -205,8 +358,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
         cluster.password = std::env::var("REDIS_PASSWORD").ok();
         return Ok(Some(Args {
             redis: Target::Cluster(cluster),
-            users,
-            notification,
+            action,
             timeout,
         }));
     }
@@ -234,8 +386,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, BadInpu
     };
     Ok(Some(Args {
         redis,
-        users,
-        notification,
+        action,
         timeout,
     }))
 }

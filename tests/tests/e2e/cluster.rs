@@ -600,6 +600,18 @@ async fn a_password_protected_cluster_is_reached_with_redis_password() {
             (Some(*id), Some(1))
         );
     }
+    // The firing loop and the presence heartbeat use the password too.
+    publisher
+        .schedule(
+            user(users[0]),
+            note(users[0], 2),
+            std::time::SystemTime::now(),
+            "pw",
+        )
+        .await
+        .unwrap();
+    assert_eq!(clients[0].next_json().await["data"]["n"], 2);
+    assert_eq!(gateway.metric("gateway_presence_beat_failures_total"), 0);
     assert!(
         !gateway.log().contains(password),
         "the password reached the log"

@@ -1,5 +1,6 @@
-//! Publishing without Rust: the HTTP endpoint (typed events by name), the `notify` CLI, and
-//! the README's redis-py snippet, each received by a real WebSocket client.
+//! Publishing without Rust: the HTTP endpoint (typed events by name), the `notify` CLI
+//! (publish, schedule, cancel, presence), and the README's redis-py snippet, each received by
+//! a real WebSocket client.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -165,6 +166,158 @@ async fn the_notify_cli_publishes_free_form_and_typed_notifications() {
     assert_eq!(frame["type"], "info");
     assert_eq!(frame["event"], "booking.expired");
     assert_eq!(frame["message"], "Your booking for slot A-12 has expired");
+}
+
+#[tokio::test]
+async fn the_notify_cli_schedules_cancels_and_asks_presence() {
+    let redis = RedisServer::start();
+    let gateway = Gateway::start(Some(&redis), &[]);
+    let url = redis.url();
+    let mut client = WsClient::connect(&gateway.ws_url("42")).await;
+
+    // Presence follows the socket within the heartbeat; user 43 has none.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = notify(&[
+            "--redis",
+            &url,
+            "--presence",
+            "--user",
+            "42",
+            "--user",
+            "43",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        if text(&out.stdout) == "42: 1\n43: 0\n" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "presence never counted the socket: {}",
+            text(&out.stdout)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Two items for user 42; the first is cancelled before it is due, so the second (due
+    // later) is the next frame, stamped with its due time.
+    let schedule = |message: &str, at: &str, key: &str| {
+        notify(&[
+            "--redis",
+            &url,
+            "--user",
+            "42",
+            "--type",
+            "info",
+            "--message",
+            message,
+            "--at",
+            at,
+            "--key",
+            key,
+        ])
+    };
+    let out = schedule("cancelled", "+1", "cli:cancelled");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = schedule("due", "+1.5", "cli:due");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let due: u64 = stdout
+        .trim()
+        .strip_prefix("scheduled: cli:due at ")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected answer: {stdout}"));
+    let out = notify(&["--redis", &url, "--cancel", "cli:cancelled"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "cancelled: true",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = notify(&["--redis", &url, "--cancel", "cli:cancelled"]);
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "cancelled: false",
+        "nothing left to cancel"
+    );
+
+    let frame = client.next_json().await;
+    assert_eq!(frame["message"], "due", "the cancelled item never fires");
+    assert_eq!(
+        frame["timestamp"].as_u64(),
+        Some(due),
+        "stamped with its due time"
+    );
+
+    // Bad input: exit 2 and the reason.
+    for (args, hint) in [
+        (
+            vec![
+                "--user",
+                "42",
+                "--type",
+                "info",
+                "--message",
+                "x",
+                "--at",
+                "+1",
+            ],
+            "--at needs --key",
+        ),
+        (
+            vec![
+                "--user",
+                "42",
+                "--type",
+                "info",
+                "--message",
+                "x",
+                "--at",
+                "soon",
+                "--key",
+                "k",
+            ],
+            "--at \"soon\"",
+        ),
+        (
+            vec![
+                "--user",
+                "1",
+                "--user",
+                "2",
+                "--type",
+                "info",
+                "--message",
+                "x",
+                "--at",
+                "+1",
+                "--key",
+                "k",
+            ],
+            "one --user",
+        ),
+        (vec!["--cancel", "not a key!"], "key"),
+        (vec!["--presence"], "--user"),
+        (
+            vec!["--presence", "--user", "1", "--type", "info"],
+            "--presence takes only",
+        ),
+    ] {
+        let mut full = vec!["--redis", url.as_str()];
+        full.extend(&args);
+        let out = notify(&full);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(hint),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod bench_smoke;
 mod churn;
 mod close_timing;
 mod cluster;
+mod cluster_scheduled;
 mod cors;
 mod cross_language;
 mod delivery;

@@ -149,10 +149,12 @@ impl RedisBus {
             RedisTopology::Cluster(cluster) => {
                 let publisher = Publisher::with_cluster(cluster.clone(), options)
                     .map_err(|e| BusError::Unavailable(e.to_string()))?;
-                // Scheduling and presence do not run on a cluster (docs/SCHEDULING.md): the
-                // background loops are not started, so the request publisher stands in. Its
-                // connection is multiplexed: the subscriber's reads share it.
-                (None, publisher.clone(), publisher.clone(), publisher)
+                // Its own cluster connection (one multiplexed link per master).
+                let background = Publisher::with_cluster(cluster.clone(), background_options)
+                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
+                // The request publisher's connection is multiplexed: the subscriber's history
+                // reads share it.
+                (None, publisher.clone(), background, publisher)
             }
             _ => {
                 let (connector, publisher) = connection::open(settings, topology, options)?;
