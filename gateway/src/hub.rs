@@ -83,6 +83,10 @@ type Shard = HashMap<UserId, UserEntry>;
 
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
+    /// Where subscriptions not started yet must start at the latest: the replay of a socket
+    /// that opened before its subscription was confirmed ([`Hub::replayed_unsubscribed`]).
+    /// Empty but in that case; locked inside a shard's lock.
+    floors: Mutex<HashMap<UserId, StreamId>>,
     next_socket: AtomicU64,
     queue_capacity: usize,
     max_payload_bytes: usize,
@@ -94,12 +98,16 @@ pub struct Registration {
     pub user: UserId,
     pub socket: SocketId,
     pub outbox: OutboxReceiver,
+    /// The bus confirmed the user's subscription before the socket opened (set by
+    /// [`crate::subscriptions::Subscriptions::attach`]).
+    pub subscribed: bool,
 }
 
 impl Hub {
     pub fn new(queue_capacity: usize, max_payload_bytes: usize, metrics: Arc<Metrics>) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            floors: Mutex::default(),
             next_socket: AtomicU64::new(1),
             queue_capacity,
             max_payload_bytes,
@@ -137,6 +145,7 @@ impl Hub {
             user,
             socket,
             outbox,
+            subscribed: false,
         })
     }
 
@@ -160,6 +169,7 @@ impl Hub {
         let idle = shard.get(&user).is_some_and(|e| e.sockets.is_empty());
         if idle {
             shard.remove(&user);
+            self.floors().remove(&user);
             drop(shard);
             self.metrics.users.fetch_sub(1, Relaxed);
         }
@@ -187,6 +197,44 @@ impl Hub {
         if let Some(entry) = self.shard(user).get_mut(&user) {
             entry.cursor = entry.cursor.max(Some(id));
         }
+    }
+
+    /// Where `user`'s subscription starts: everything up to `id` is accounted for, unless
+    /// the user has a cursor already (something was delivered or replayed from it since;
+    /// moving it forward would skip what lies in between).
+    pub fn start_cursor(&self, user: UserId, id: StreamId) {
+        let mut shard = self.shard(user);
+        if let Some(entry) = shard.get_mut(&user) {
+            let floor = self.floors().remove(&user);
+            entry
+                .cursor
+                .get_or_insert(floor.map_or(id, |floor| floor.min(id)));
+        }
+    }
+
+    /// A socket of `user` that opened before its subscription was confirmed has been replayed
+    /// history up to `replayed`. If the subscription's cursor is not set yet, it will start no
+    /// later than that (its catch-up then covers what the replay did not see). Returns true
+    /// when the cursor is past `replayed` already: the subscription may have started after
+    /// what the replay saw, so the caller reads history again from `replayed`.
+    pub fn replayed_unsubscribed(&self, user: UserId, replayed: StreamId) -> bool {
+        let mut shard = self.shard(user);
+        let Some(entry) = shard.get_mut(&user) else {
+            return false;
+        };
+        match entry.cursor {
+            Some(cursor) => cursor > replayed,
+            None => {
+                let mut floors = self.floors();
+                let floor = floors.entry(user).or_insert(replayed);
+                *floor = (*floor).min(replayed);
+                false
+            }
+        }
+    }
+
+    fn floors(&self) -> MutexGuard<'_, HashMap<UserId, StreamId>> {
+        self.floors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The newest history id delivered to `user` here (or where its subscription started).
@@ -413,6 +461,29 @@ mod tests {
         assert_eq!(hub.deliver(user(1), note), 1, "not a duplicate any more");
         assert_eq!(a.outbox.try_recv().unwrap().id, None);
         assert_eq!(a.outbox.try_recv().unwrap().id, Some(StreamId::new(20, 0)));
+    }
+
+    #[test]
+    fn a_replay_before_the_subscription_holds_back_where_the_subscription_starts() {
+        let hub = hub(8);
+        let _a = register(&hub, user(1));
+        // The socket opened unsubscribed and was replayed up to 10: its subscription starts
+        // there even if the newest id is 15 by the time the cursor is read.
+        assert!(!hub.replayed_unsubscribed(user(1), StreamId::new(10, 0)));
+        hub.start_cursor(user(1), StreamId::new(15, 0));
+        assert_eq!(hub.cursor(user(1)), Some(StreamId::new(10, 0)));
+        // A cursor already past the replay: read again.
+        assert!(hub.replayed_unsubscribed(user(1), StreamId::new(9, 0)));
+        assert!(!hub.replayed_unsubscribed(user(1), StreamId::new(10, 0)));
+        // Without a replay, the newest id; a floor goes with its user.
+        let _b = register(&hub, user(2));
+        hub.start_cursor(user(2), StreamId::new(15, 0));
+        assert_eq!(hub.cursor(user(2)), Some(StreamId::new(15, 0)));
+        let c = register(&hub, user(3));
+        hub.replayed_unsubscribed(user(3), StreamId::new(1, 0));
+        hub.unregister(user(3), c.socket);
+        assert!(hub.release_if_idle(user(3)));
+        assert!(hub.floors().is_empty());
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Subscriptions {
         user: UserId,
         max_sockets: usize,
     ) -> Result<Registration, TooManySockets> {
-        let registration = self
+        let mut registration = self
             .hub
             .try_register(user, max_sockets)
             .ok_or(TooManySockets)?;
@@ -98,14 +98,20 @@ impl Subscriptions {
             socket: registration.socket,
         };
         let subscribed = self.bus.interest_changed(user);
-        if tokio::time::timeout(self.confirm_timeout, subscribed)
+        registration.subscribed = tokio::time::timeout(self.confirm_timeout, subscribed)
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !registration.subscribed {
             tracing::warn!(%user, "bus did not confirm the subscription in time; socket opens anyway");
         }
         std::mem::forget(pending);
         Ok(registration)
+    }
+
+    /// A socket that opened before its subscription was confirmed was replayed history up to
+    /// `replayed`: see [`Hub::replayed_unsubscribed`]. True when history must be read again.
+    pub fn replayed_unsubscribed(&self, user: UserId, replayed: publisher::wire::StreamId) -> bool {
+        self.hub.replayed_unsubscribed(user, replayed)
     }
 
     /// Takes a socket out; the user's subscription goes after the linger period. Call exactly

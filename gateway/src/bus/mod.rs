@@ -23,7 +23,7 @@ use crate::hub::Frame;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Why a publish through the bus failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("invalid notification: {0}")]
     Invalid(String),

@@ -144,6 +144,7 @@ pub async fn run<T: Transport>(
         user,
         socket,
         mut outbox,
+        subscribed,
     } = registration;
     state.metrics.session_opened(T::KIND);
     let limits = state.limits;
@@ -158,7 +159,15 @@ pub async fn run<T: Transport>(
     let replayed_up_to = match resume_after {
         // Boxed, as finish() below: cold paths whose state would otherwise be part of every
         // idle connection's task (gw-bench scenario c).
-        Some(after) => match Box::pin(replay_missed(&mut transport, &state, user, after)).await {
+        Some(after) => match Box::pin(replay_missed(
+            &mut transport,
+            &state,
+            user,
+            after,
+            subscribed,
+        ))
+        .await
+        {
             Ok(caught_up) => caught_up,
             Err(end) => {
                 Box::pin(finish(transport, end, &state, user, socket)).await;
@@ -230,29 +239,49 @@ async fn write(
 
 /// Sends what history holds after `after`, or the missed frame when it cannot tell. Returns
 /// the id the client is caught up to.
+///
+/// A socket that opened before its user's subscription was confirmed (`subscribed` false)
+/// may be replayed before the subscription's starting point is read: what is published in
+/// between would then reach it neither way. So the hub is told where the replay ended (the
+/// subscription starts no later), or, when the subscription already started past it, history
+/// is read once more from there.
 async fn replay_missed<T: Transport>(
     transport: &mut T,
     state: &AppState,
     user: UserId,
-    after: StreamId,
+    mut after: StreamId,
+    subscribed: bool,
 ) -> Result<Option<StreamId>, End> {
     let limits = &state.limits;
-    let read = state.bus.replay_after(user, after, limits.replay_limit);
-    let replay = match timeout(limits.history_timeout, read).await {
-        Ok(Ok(replay)) => replay,
-        Ok(Err(error)) => history_unavailable(user, after, &error.to_string()),
-        Err(_elapsed) => history_unavailable(user, after, "read timed out"),
-    };
-    // The client has everything up to `after` (unless told otherwise): a node catch-up that
-    // re-sends older frames must not reach it twice.
-    let caught_up = match replay.missed {
-        None => replay.last_id().max(Some(after)),
-        Some(_) => replay.last_id(),
-    };
-    for frame in replay.missed.iter().chain(&replay.entries) {
-        write(state, transport.send(frame), true).await?;
+    let mut reads = 0;
+    loop {
+        reads += 1;
+        let read = state.bus.replay_after(user, after, limits.replay_limit);
+        let replay = match timeout(limits.history_timeout, read).await {
+            Ok(Ok(replay)) => replay,
+            Ok(Err(error)) => history_unavailable(user, after, &error.to_string()),
+            Err(_elapsed) => history_unavailable(user, after, "read timed out"),
+        };
+        // The client has everything up to `after` (unless told otherwise): a node catch-up
+        // that re-sends older frames must not reach it twice.
+        let caught_up = match replay.missed {
+            None => replay.last_id().max(Some(after)),
+            Some(_) => replay.last_id(),
+        };
+        for frame in replay.missed.iter().chain(&replay.entries) {
+            write(state, transport.send(frame), true).await?;
+        }
+        match caught_up {
+            Some(upto)
+                if !subscribed
+                    && reads == 1
+                    && state.subscriptions.replayed_unsubscribed(user, upto) =>
+            {
+                after = upto;
+            }
+            _ => return Ok(caught_up),
+        }
     }
-    Ok(caught_up)
 }
 
 /// Without history the client can only be told that it may have missed notifications.

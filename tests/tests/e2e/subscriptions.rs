@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Gateway, RedisServer, WsClient, DEADLINE};
+use e2e::{Gateway, RedisServer, StallProxy, WsClient, DEADLINE};
+
+use crate::{numbered, publisher, user};
 
 fn wait_numsub(redis: &RedisServer, channel: &str, expected: u64) {
     let deadline = Instant::now() + DEADLINE;
@@ -95,4 +97,57 @@ async fn a_quick_reconnect_keeps_the_subscription() {
         .await
         .unwrap();
     assert_eq!(again.next_json().await["message"], "note 1");
+}
+
+/// A user whose subscription is stuck on Redis (the history read that starts its cursor gets
+/// no answer) holds up no one else: the node keeps delivering to its other users meanwhile.
+/// The stuck user's socket opens when the subscribe wait runs out, and what is published to
+/// it from then on reaches it once the read answers (caught up from history).
+// Two threads: the proxy is waited on with blocking calls while Alice's handshake runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_stuck_on_redis_holds_up_no_other_user() {
+    let redis = RedisServer::start();
+    let proxy = StallProxy::start(redis.port);
+    let url = proxy.url();
+    let gateway = Gateway::start(
+        None,
+        &[
+            ("GW__REDIS__URL", url.as_str()),
+            // The stuck read stays stuck for the whole test rather than failing the link.
+            ("GW__HISTORY__READ_TIMEOUT_MS", "120000"),
+            ("GW__REDIS__SUBSCRIBE_TIMEOUT_MS", "300"),
+        ],
+    );
+    let mut bob = WsClient::connect(&gateway.ws_url("2")).await;
+    let publisher = publisher(&redis);
+
+    // Only the subscriber's own history connection sends XREVRANGE (a new user's cursor).
+    proxy.stall_on(b"XREVRANGE");
+    let alice_url = gateway.ws_url("1");
+    let alice = tokio::spawn(async move { WsClient::connect(&alice_url).await });
+    proxy.wait_stalled(1);
+
+    // Bob's notifications keep flowing while Alice's subscription waits on Redis.
+    for n in 1..=3 {
+        assert_eq!(publisher.publish(user(2), numbered(n)).await.unwrap(), 1);
+        assert_eq!(bob.next_json().await["message"], format!("note {n}"));
+    }
+    // Alice's socket opens anyway; her subscription is still stuck.
+    let mut alice = alice.await.unwrap();
+    assert_eq!(
+        publisher.publish(user(1), numbered(10)).await.unwrap(),
+        0,
+        "not subscribed yet"
+    );
+    assert_eq!(publisher.publish(user(2), numbered(4)).await.unwrap(), 1);
+    assert_eq!(bob.next_json().await["message"], "note 4");
+
+    proxy.release_all();
+    assert_eq!(
+        alice.next_json().await["message"],
+        "note 10",
+        "caught up from history once subscribed"
+    );
+    assert_eq!(publisher.publish(user(1), numbered(11)).await.unwrap(), 1);
+    assert_eq!(alice.next_json().await["message"], "note 11");
 }

@@ -1,12 +1,18 @@
 //! Reads users' history streams through the publisher's pool (on the master, whichever node
 //! that is now): replays after an id, the newest id of each
 //! user (where a subscription's cursor starts), and pages for the inbox endpoint.
+//!
+//! Resume replays go through a [`ReplayQueue`]: when a replica dies, thousands of its clients
+//! resume on the survivors within a second, and one round trip each through a pool of a few
+//! connections would queue most of them past their timeout (they would get the missed frame
+//! instead of what they missed). The queue sends the replays waiting at once as one pipeline.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use publisher::wire::{StreamId, UserId};
 use redis::Script;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::bus::BusError;
 use crate::history::{self, Replay, StreamState};
@@ -54,14 +60,26 @@ impl HistoryReader {
         result
     }
 
-    /// One replay per `(user, after)`, in one round trip.
+    /// One replay of at most `limit` frames per `(user, after)`, in one round trip.
     pub(super) async fn replay_after(
         &self,
         reads: &[(UserId, StreamId)],
         limit: usize,
     ) -> Result<Vec<Replay>, BusError> {
+        let reads: Vec<_> = reads
+            .iter()
+            .map(|(user, after)| (*user, *after, limit))
+            .collect();
+        self.replay_each(&reads).await
+    }
+
+    /// One replay per `(user, after, limit)`, in one round trip.
+    async fn replay_each(
+        &self,
+        reads: &[(UserId, StreamId, usize)],
+    ) -> Result<Vec<Replay>, BusError> {
         let mut pipe = redis::pipe();
-        for (user, after) in reads {
+        for (user, after, limit) in reads {
             pipe.invoke_script(
                 HISTORY_READ
                     .key(self.publisher.history_key(*user))
@@ -73,7 +91,7 @@ impl HistoryReader {
         Ok(reads
             .iter()
             .zip(replies)
-            .map(|((_, after), reply)| {
+            .map(|((_, after, limit), reply)| {
                 let (state, entries) = match reply {
                     None => (None, Vec::new()),
                     Some((last, _added, _length, first, now_ms, entries)) => {
@@ -85,7 +103,7 @@ impl HistoryReader {
                         (Some(state), parse_entries(entries))
                     }
                 };
-                history::plan_replay(*after, state, entries, limit, self.max_age_ms)
+                history::plan_replay(*after, state, entries, *limit, self.max_age_ms)
             })
             .collect())
     }
@@ -132,6 +150,95 @@ impl HistoryReader {
             .into_iter()
             .filter_map(|(id, payload)| history::stored_frame(id, &payload))
             .collect())
+    }
+}
+
+/// Most replays sent as one pipeline.
+const REPLAY_BATCH: usize = 256;
+/// Most replays waiting to be sent; a session finding it full waits (within its own timeout).
+const REPLAY_QUEUE: usize = 4096;
+
+/// Resume replays, batched: the requests waiting when a pipeline can be sent go out together
+/// (at most [`REPLAY_BATCH`]), with at most `in_flight` pipelines at once, so that the pool's
+/// other users (publishes, inbox pages, canaries) keep a connection. While the pipelines are
+/// busy, requests gather in the bounded queue and the next pipeline takes them all.
+#[derive(Clone)]
+pub(super) struct ReplayQueue {
+    tx: mpsc::Sender<ReplayRequest>,
+}
+
+struct ReplayRequest {
+    read: (UserId, StreamId, usize),
+    reply: oneshot::Sender<Result<Replay, BusError>>,
+}
+
+impl ReplayQueue {
+    /// Starts the batching task; it ends when the last handle is dropped.
+    pub(super) fn start(reader: HistoryReader, in_flight: usize) -> Self {
+        let (tx, rx) = mpsc::channel(REPLAY_QUEUE);
+        tokio::spawn(send_batches(reader, rx, in_flight.max(1)));
+        ReplayQueue { tx }
+    }
+
+    pub(super) async fn replay_after(
+        &self,
+        user: UserId,
+        after: StreamId,
+        limit: usize,
+    ) -> Result<Replay, BusError> {
+        let (reply, answer) = oneshot::channel();
+        let request = ReplayRequest {
+            read: (user, after, limit),
+            reply,
+        };
+        let stopped = || BusError::Unavailable("history reads stopped".into());
+        self.tx.send(request).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn send_batches(
+    reader: HistoryReader,
+    mut requests: mpsc::Receiver<ReplayRequest>,
+    in_flight: usize,
+) {
+    let permits = Arc::new(Semaphore::new(in_flight));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = requests.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < REPLAY_BATCH {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        // Sessions that stopped waiting (their timeout, the client left) are not read for.
+        batch.retain(|r| !r.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let reader = reader.clone();
+        tokio::spawn(async move {
+            let reads: Vec<_> = batch.iter().map(|r| r.read).collect();
+            match reader.replay_each(&reads).await {
+                Ok(replays) => {
+                    for (request, replay) in batch.into_iter().zip(replays) {
+                        let _ = request.reply.send(Ok(replay));
+                    }
+                }
+                Err(error) => {
+                    for request in batch {
+                        let _ = request.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 

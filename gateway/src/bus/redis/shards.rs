@@ -30,7 +30,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::subscriber::Subscriber;
+use super::held::Held;
+use super::subscriber::{Subscriber, STEP};
 use crate::bus::BusError;
 
 /// Channels per SSUBSCRIBE (all of one slot), users per history batch.
@@ -151,54 +152,6 @@ fn encode(args: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
-}
-
-/// Live messages of users being (re)subscribed, held back until their catch-up from history
-/// is done: the readers deliver concurrently with this task, and a live message delivered
-/// first would advance the user's cursor past what the catch-up still has to replay (the hub
-/// drops anything older than the cursor). Released in order afterwards; the hub drops what the
-/// catch-up already delivered.
-#[derive(Default)]
-struct Held {
-    /// Fast path: nobody is held (one atomic load per message).
-    any: std::sync::atomic::AtomicBool,
-    users: std::sync::Mutex<HashMap<UserId, Vec<Vec<u8>>>>,
-}
-
-impl Held {
-    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<Vec<u8>>>> {
-        self.users.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn hold(&self, users: &[UserId]) {
-        let mut held = self.users();
-        for user in users {
-            held.entry(*user).or_default();
-        }
-        self.any.store(!held.is_empty(), Relaxed);
-    }
-
-    /// Delivers `payload` now, or keeps it if `user` is held.
-    fn deliver(&self, hub: &crate::hub::Hub, user: UserId, payload: &[u8]) {
-        if self.any.load(Relaxed) {
-            if let Some(queue) = self.users().get_mut(&user) {
-                queue.push(payload.to_vec());
-                return;
-            }
-        }
-        hub.deliver(user, payload);
-    }
-
-    /// Releases `users`, delivering what was held for them, in order.
-    fn release(&self, hub: &crate::hub::Hub, users: &[UserId]) {
-        let mut held = self.users();
-        for user in users {
-            for payload in held.remove(user).unwrap_or_default() {
-                hub.deliver(*user, &payload);
-            }
-        }
-        self.any.store(!held.is_empty(), Relaxed);
-    }
 }
 
 /// One subscriber connection to a master.
@@ -329,7 +282,6 @@ pub(super) struct ClusterSubscriber {
     lost: HashSet<UserId>,
     /// The link the canary channel is SSUBSCRIBEd on.
     canary_on: Option<String>,
-    held: Arc<Held>,
     /// Nodes that pushed `sunsubscribe`: checked before anything is subscribed there again.
     suspects: HashSet<String>,
 }
@@ -355,7 +307,6 @@ impl ClusterSubscriber {
             subscribed: HashMap::new(),
             lost: HashSet::new(),
             canary_on: None,
-            held: Arc::default(),
             suspects: HashSet::new(),
         }
     }
@@ -389,7 +340,7 @@ impl ClusterSubscriber {
                         let mut pending = self.base.shared.pending();
                         (std::mem::take(&mut pending.dirty), pending.requested)
                     };
-                    self.lost.extend(dirty);
+                    self.lost.extend(dirty.into_keys());
                     confirm_epoch = epoch;
                     retry_at = Some(Instant::now());
                 }
@@ -697,15 +648,22 @@ impl ClusterSubscriber {
         }
         let mut moved = false;
         for (addr, users) in by_owner {
-            if let Err(error) = self.subscribe_on(&addr, &users).await {
-                tracing::warn!(shard = %addr, users = users.len(), %error, "re-subscription failed; retrying");
-                moved |= matches!(error, ShardError::Moved { .. });
-                for user in users {
-                    if !self.subscribed.contains_key(&user) {
-                        self.lost.insert(user);
+            // In steps: the users of a step have their live messages held until caught up.
+            let mut failed = false;
+            for step in users.chunks(STEP) {
+                if !failed {
+                    if let Err(error) = self.subscribe_on(&addr, step).await {
+                        tracing::warn!(shard = %addr, users = users.len(), %error, "re-subscription failed; retrying");
+                        moved |= matches!(error, ShardError::Moved { .. });
+                        failed = true;
+                        ok = false;
                     }
                 }
-                ok = false;
+                for user in step {
+                    if !self.subscribed.contains_key(user) {
+                        self.lost.insert(*user);
+                    }
+                }
             }
         }
         if moved || !ok {
@@ -737,7 +695,7 @@ impl ClusterSubscriber {
         }
         let mut done = Vec::with_capacity(users.len());
         let mut failure = None;
-        self.held.hold(users);
+        self.base.held.hold(users);
         for (slot, group) in by_slot {
             for batch in group.chunks(BATCH) {
                 let channels: Vec<String> = batch.iter().map(|u| u.channel()).collect();
@@ -765,8 +723,8 @@ impl ClusterSubscriber {
             }
         }
         // Caught up even when some slots failed: the users subscribed here are live now.
-        let caught_up = self.base.catch_up(&done).await;
-        self.held.release(&self.base.hub, users);
+        let caught_up = self.base.catch_up_held(&done).await;
+        self.base.held.release_all(&self.base.hub, users);
         caught_up?;
         match failure {
             Some(e) => Err(e),
@@ -832,7 +790,7 @@ impl ClusterSubscriber {
             self.events_tx.clone(),
             self.base.hub.clone(),
             self.base.shared.clone(),
-            self.held.clone(),
+            self.base.held.clone(),
         ));
         self.links.insert(
             addr.to_owned(),

@@ -5,10 +5,23 @@
 //! backoff and re-subscribes every channel the hub still wants.
 //!
 //! Every round, the first on a new link and each later one alike, is the same sequence
-//! ([`Subscriber::sync`]): start the cursors of new users, SUBSCRIBE, catch up from history,
+//! ([`Subscriber::sync`]), in steps of at most [`STEP`] users: hold their live messages, start
+//! the cursors of new users, SUBSCRIBE, catch up from history, release the held messages; then
 //! confirm the interest epoch.
+//!
+//! The link is read all the while: a round runs beside the reading, not instead of it, so a
+//! storm of arriving users (a replica died and its clients came here) does not stop delivery
+//! to everyone else on the node. Only the messages of the users of the step in flight wait
+//! ([`super::held`]). Rounds after the first take at most [`STEP`] users, those whose change
+//! is oldest, and confirm up to the epoch before the oldest change left, so the first users
+//! of a storm are confirmed (and their sockets open) without waiting for the last.
+//!
+//! History reads of the subscriber (cursors, catch-ups) go through a connection of their own,
+//! so they do not queue behind the sockets' resume replays.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +31,7 @@ use publisher::wire::{StreamId, UserId};
 use tokio::sync::watch;
 
 use super::connection::Connector;
+use super::held::Held;
 use super::history::HistoryReader;
 use super::Shared;
 use crate::bus::BusError;
@@ -27,6 +41,14 @@ use crate::metrics::Metrics;
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command, and users per history pipeline, so that a
 /// re-subscription of many users is a few round trips rather than one huge one.
 const BATCH: usize = 1024;
+
+/// Users per subscribe step (held, cursors, SUBSCRIBE, catch-up, released together), and
+/// most users a round after the first takes.
+pub(super) const STEP: usize = 1024;
+
+/// Most catch-ups of one user in one step when its held messages overflow (each one reads
+/// what was dropped from history); after that it gets the missed frame.
+const CATCH_UP_ROUNDS: usize = 3;
 
 /// Why a subscriber link was given up (the task then reconnects).
 #[derive(Debug, thiserror::Error)]
@@ -72,19 +94,21 @@ pub(super) struct Timing {
 struct Round {
     /// The interest epoch this round makes true.
     epoch: u64,
-    /// Users to SUBSCRIBE; caught up from history once subscribed.
+    /// Users to SUBSCRIBE; caught up from history once subscribed. Those without a cursor
+    /// yet start at the newest stored id.
     add: Vec<UserId>,
-    /// Those of `add` whose cursor starts at the newest stored id.
-    new_cursors: Vec<UserId>,
     /// Users to UNSUBSCRIBE.
     remove: Vec<UserId>,
 }
 
-/// One subscriber link and the channels SUBSCRIBEd on it.
+/// One subscriber link and the channels SUBSCRIBEd on it (owned by the round in flight).
 struct Link {
     sink: redis::aio::PubSubSink,
     subscribed: HashSet<UserId>,
 }
+
+/// A round in flight: it gives the link back when done.
+type InFlight<'a> = Pin<Box<dyn Future<Output = (Link, Result<(), LinkError>)> + Send + 'a>>;
 
 pub(super) struct Subscriber {
     pub(super) shared: Arc<Shared>,
@@ -95,6 +119,8 @@ pub(super) struct Subscriber {
     /// Most frames replayed to one user at once: below its sockets' queue size, so that a
     /// catch-up never evicts a healthy socket; beyond it, the newest and a missed frame.
     pub(super) catch_up_limit: usize,
+    /// Live messages of the users being subscribed (bounded per user by `catch_up_limit`).
+    pub(super) held: Arc<Held>,
 }
 
 impl Subscriber {
@@ -113,6 +139,8 @@ impl Subscriber {
                     ever_connected = true;
                     backoff = self.timing.reconnect_min;
                     let outcome = self.serve(pubsub, &connector, &addr, &mut shutdown).await;
+                    // A step may have been cut short: the next link catches everyone up.
+                    self.held.clear(&self.hub);
                     self.shared.connected.store(false, Relaxed);
                     self.metrics.redis_connected.store(0, Relaxed);
                     self.metrics.subscriptions.store(0, Relaxed);
@@ -143,29 +171,33 @@ impl Subscriber {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), LinkError> {
         let (sink, mut stream) = pubsub.split();
-        let mut link = Link {
-            sink,
-            subscribed: HashSet::new(),
-        };
+        let mut pinger = sink.clone();
         let ping_interval = self.timing.ping_interval;
 
         let canary = [self.shared.canary.channel.as_str()];
-        bounded("subscribe", ping_interval, link.sink.subscribe(&canary)).await?;
+        bounded("subscribe", ping_interval, pinger.subscribe(&canary)).await?;
         // Canaries sent over the previous link are not coming back.
         self.shared.canary.forget_unanswered();
+        let link = Link {
+            sink,
+            subscribed: HashSet::new(),
+        };
         let first = self.first_round();
-        self.sync(&mut link, first).await?;
-        self.shared.connected.store(true, Relaxed);
-        self.metrics.redis_connected.store(1, Relaxed);
-        tracing::info!(
-            channels = link.subscribed.len(),
-            "redis subscriber connected"
-        );
+        let mut in_flight: Option<InFlight<'_>> = Some(Box::pin(self.sync(link, first)));
+        // The link while no round is in flight.
+        let mut idle: Option<Link> = None;
+        let mut connected = false;
 
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if in_flight.is_none() && !self.shared.pending().dirty.is_empty() {
+                if let Some(link) = idle.take() {
+                    let round = self.next_round(&link.subscribed);
+                    in_flight = Some(Box::pin(self.sync(link, round)));
+                }
+            }
             tokio::select! {
                 message = stream.next() => {
                     let Some(message) = message else {
@@ -173,12 +205,24 @@ impl Subscriber {
                     };
                     self.receive(&message);
                 }
-                _ = self.shared.wake.notified() => {
-                    let round = self.next_round(&link.subscribed);
-                    self.sync(&mut link, round).await?;
+                (link, result) = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    result?;
+                    if !connected {
+                        connected = true;
+                        self.shared.connected.store(true, Relaxed);
+                        self.metrics.redis_connected.store(1, Relaxed);
+                        tracing::info!(
+                            channels = link.subscribed.len(),
+                            "redis subscriber connected"
+                        );
+                    }
+                    idle = Some(link);
                 }
+                // Only wakes the loop: the top of the loop starts the next round.
+                _ = self.shared.wake.notified(), if in_flight.is_none() => {}
                 _ = ping.tick() => {
-                    bounded("ping", ping_interval, link.sink.ping::<redis::Value>()).await?;
+                    bounded("ping", ping_interval, pinger.ping::<redis::Value>()).await?;
                     if tokio::time::timeout(ping_interval, connector.moved_from(addr)).await == Ok(true) {
                         return Err(LinkError::MasterMoved(addr.clone()));
                     }
@@ -199,9 +243,9 @@ impl Subscriber {
             return;
         }
         match UserId::from_channel(channel.as_bytes()) {
-            Some(user) => {
-                self.hub.deliver(user, message.get_payload_bytes());
-            }
+            Some(user) => self
+                .held
+                .deliver(&self.hub, user, message.get_payload_bytes()),
             None => tracing::debug!(channel, "message on a foreign channel"),
         }
     }
@@ -215,45 +259,58 @@ impl Subscriber {
             pending.dirty.clear();
             pending.requested
         };
-        let cursors = self.hub.cursors();
         Round {
             epoch,
-            add: cursors.iter().map(|(user, _)| *user).collect(),
-            new_cursors: cursors
-                .iter()
-                .filter(|(_, cursor)| cursor.is_none())
-                .map(|(user, _)| *user)
+            add: self
+                .hub
+                .cursors()
+                .into_iter()
+                .map(|(user, _)| user)
                 .collect(),
             remove: Vec::new(),
         }
     }
 
-    /// The changes made since the last round, against what the link has subscribed.
+    /// The changes made since the last round, against what the link has subscribed: at most
+    /// [`STEP`] users, those whose change is oldest. The round confirms every change older
+    /// than the oldest one it leaves.
     fn next_round(&self, subscribed: &HashSet<UserId>) -> Round {
-        let (dirty, epoch) = {
-            let mut pending = self.shared.pending();
-            (std::mem::take(&mut pending.dirty), pending.requested)
-        };
+        let (dirty, epoch) = self.shared.pending().take_oldest(STEP);
         let (add, remove) = reconcile(dirty, subscribed, |user| self.hub.wants(user));
-        Round {
-            epoch,
-            new_cursors: add.clone(),
-            add,
-            remove,
-        }
+        Round { epoch, add, remove }
     }
 
-    /// The one subscribe sequence: cursors first (read before subscribing, so that nothing
-    /// published in between can be taken for a duplicate), then SUBSCRIBE/UNSUBSCRIBE, then
-    /// replay what was stored in between or while the link was down, then confirm.
-    async fn sync(&self, link: &mut Link, round: Round) -> Result<(), LinkError> {
-        self.start_cursors(&round.new_cursors)
-            .await
-            .map_err(LinkError::Cursors)?;
-        apply(link, &round.add, &round.remove, self.timing.ping_interval).await?;
-        self.catch_up(&round.add)
-            .await
-            .map_err(LinkError::CatchUp)?;
+    /// The one subscribe sequence, in steps of at most [`STEP`] users: hold their live
+    /// messages; cursors (read before subscribing, so that nothing published in between can
+    /// be taken for a duplicate); SUBSCRIBE; replay what was stored in between or while the
+    /// link was down; release. Then UNSUBSCRIBE and confirm.
+    async fn sync(&self, mut link: Link, round: Round) -> (Link, Result<(), LinkError>) {
+        let result = self.sync_steps(&mut link, round).await;
+        (link, result)
+    }
+
+    async fn sync_steps(&self, link: &mut Link, round: Round) -> Result<(), LinkError> {
+        let timeout = self.timing.ping_interval;
+        for step in round.add.chunks(STEP) {
+            self.held.hold(step);
+            let done = async {
+                let new: Vec<UserId> = step
+                    .iter()
+                    .copied()
+                    .filter(|u| self.hub.cursor(*u).is_none())
+                    .collect();
+                self.start_cursors(&new).await.map_err(LinkError::Cursors)?;
+                apply(link, step, &[], timeout).await?;
+                self.catch_up_held(step).await.map_err(LinkError::CatchUp)
+            }
+            .await;
+            if done.is_err() {
+                // The link is given up; the next one catches everyone up from their cursors.
+                self.held.release_all(&self.hub, step);
+            }
+            done?;
+        }
+        apply(link, &[], &round.remove, timeout).await?;
         self.metrics
             .subscriptions
             .store(link.subscribed.len() as u64, Relaxed);
@@ -261,13 +318,37 @@ impl Subscriber {
         Ok(())
     }
 
+    /// Catches up held `users` and releases them. A user whose held messages overflowed is
+    /// caught up again (what was dropped is in history), at most [`CATCH_UP_ROUNDS`] times;
+    /// after that it is told it may have missed notifications.
+    pub(super) async fn catch_up_held(&self, users: &[UserId]) -> Result<(), BusError> {
+        let mut pending = users.to_vec();
+        for _ in 0..CATCH_UP_ROUNDS {
+            self.catch_up(&pending).await?;
+            pending = self.held.release(&self.hub, &pending);
+            if pending.is_empty() {
+                return Ok(());
+            }
+        }
+        for user in &pending {
+            tracing::warn!(%user, "live messages overflowed three catch-ups in a row");
+            if let Some(cursor) = self.hub.cursor(*user) {
+                self.hub
+                    .deliver_missed(*user, crate::history::missed_frame(cursor, cursor));
+            }
+        }
+        self.held.release_all(&self.hub, &pending);
+        Ok(())
+    }
+
     /// For users about to be subscribed: everything already stored was published before
-    /// their first socket opened, so their cursor starts at the newest stored id.
+    /// their first socket opened, so their cursor starts at the newest stored id (unless it
+    /// got one meanwhile).
     pub(super) async fn start_cursors(&self, users: &[UserId]) -> Result<(), BusError> {
         for batch in users.chunks(BATCH) {
             let newest = self.history.newest_ids(batch).await?;
             for (user, id) in batch.iter().zip(newest) {
-                self.hub.advance_cursor(*user, id);
+                self.hub.start_cursor(*user, id);
             }
         }
         Ok(())
