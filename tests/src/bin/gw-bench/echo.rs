@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::histogram::Histogram;
 use crate::protocol::{now_ns, Command, Event, Report, WorkerPlan};
-use crate::{millis, round, Options};
+use crate::{millis, round, spawn_self, Options};
 use e2e::procfs;
 
 /// `gw-bench echo-server`: prints its address on stdout, then echoes until killed.
@@ -118,14 +118,7 @@ pub async fn floor(
             echo: true,
             trace: o.trace_dir.as_ref().map(|d| format!("{d}/echo-w{w}.tsv")),
         };
-        let mut child = tokio::process::Command::new(&exe)
-            .arg("worker")
-            .arg(serde_json::to_string(&plan).expect("plans serialise"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
+        let mut child = spawn_self(&exe, "worker", &plan)
             .map_err(|e| format!("spawning echo worker {w}: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
         let tx = events_tx.clone();
@@ -189,7 +182,6 @@ pub async fn floor(
             .map_err(|e| format!("telling an echo worker to send: {e}"))?;
     }
     let mut total = Report::default();
-    let mut latency_us = Histogram::default();
     let mut reports = 0;
     while reports < workers {
         let (_, event) = events
@@ -198,12 +190,7 @@ pub async fn floor(
             .ok_or("an echo worker exited before it reported")?;
         if let Event::Report(r) = event {
             reports += 1;
-            total.expected += r.expected;
-            total.delivered += r.delivered;
-            total.lost += r.lost;
-            total.duplicated += r.duplicated;
-            total.misrouted += r.misrouted;
-            latency_us.merge(&r.latency_us);
+            total.absorb(&r);
         }
     }
     let waits_after = waiting.read();
@@ -230,11 +217,14 @@ pub async fn floor(
         "lost": total.lost,
         "duplicated": total.duplicated,
         "misrouted": total.misrouted,
-        "latency_ms": millis(&latency_us),
+        "latency_ms": millis(&total.latency_us),
         "server_cpu_seconds": server_cpu,
         "run_queue_wait_us_per_notification": crate::sched::per_event_us(&waits_before, &waits_after, messages),
         "loadavg_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
             .split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     });
-    Ok(Floor { latency_us, json })
+    Ok(Floor {
+        latency_us: total.latency_us,
+        json,
+    })
 }

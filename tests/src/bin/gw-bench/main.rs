@@ -752,15 +752,8 @@ async fn conduct(o: Options) -> Result<Value, String> {
                 .as_ref()
                 .map(|d| format!("{d}/gateway-w{w}.tsv")),
         };
-        let mut child = tokio::process::Command::new(&exe)
-            .arg("worker")
-            .arg(serde_json::to_string(&plan).expect("plans serialise"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("spawning worker {w}: {e}"))?;
+        let mut child =
+            spawn_self(&exe, "worker", &plan).map_err(|e| format!("spawning worker {w}: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
         let stdin = child.stdin.take().expect("piped");
         let tx = events_tx.clone();
@@ -936,7 +929,6 @@ async fn conduct(o: Options) -> Result<Value, String> {
             .map_err(|e| format!("telling a worker to report: {e}"))?;
     }
     let mut total = Report::default();
-    let mut latency_us = Histogram::default();
     let mut worker_cpu_publish = 0.0;
     let mut reports = 0;
     while reports < workers {
@@ -946,18 +938,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             .ok_or("a worker exited before it reported")?;
         if let Event::Report(r) = event {
             reports += 1;
-            total.expected += r.expected;
-            total.delivered += r.delivered;
-            total.lost += r.lost;
-            total.duplicated += r.duplicated;
-            total.misrouted += r.misrouted;
-            total.unexpected += r.unexpected;
-            total.malformed += r.malformed;
-            for (k, n) in r.closed {
-                *total.closed.entry(k).or_default() += n;
-            }
-            latency_us.merge(&r.latency_us);
-            total.last_rx_ns = total.last_rx_ns.max(r.last_rx_ns);
+            total.absorb(&r);
             worker_cpu_publish += r.cpu_secs - worker_cpu_connected[w];
         }
     }
@@ -973,7 +954,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
         total.lost,
         total.duplicated,
         total.misrouted,
-        latency_us.quantile(0.99).map(|us| us as f64 / 1000.0)
+        total.latency_us.quantile(0.99).map(|us| us as f64 / 1000.0)
     );
 
     for mut handle in handles {
@@ -994,15 +975,15 @@ async fn conduct(o: Options) -> Result<Value, String> {
     };
     let ratio = |q: f64| -> Option<f64> {
         let floor = floor.as_ref()?.latency_us.quantile(q)?;
-        let gateway = latency_us.quantile(q)?;
+        let gateway = total.latency_us.quantile(q)?;
         Some(round(gateway as f64 / floor.max(1) as f64, 2))
     };
     if let Some(floor) = &floor {
         let ms = |h: &Histogram, q: f64| h.quantile(q).map_or(f64::NAN, |us| us as f64 / 1000.0);
         say!(
             "latency p50 / p99: gateway {:.3} / {:.3} ms, echo floor {:.3} / {:.3} ms; p99 / floor p99 = {}",
-            ms(&latency_us, 0.5),
-            ms(&latency_us, 0.99),
+            ms(&total.latency_us, 0.5),
+            ms(&total.latency_us, 0.99),
             ms(&floor.latency_us, 0.5),
             ms(&floor.latency_us, 0.99),
             ratio(0.99).map_or("-".to_owned(), |r| format!("{r:.2}"))
@@ -1129,7 +1110,7 @@ async fn conduct(o: Options) -> Result<Value, String> {
             "sockets_closed": total.closed,
             "seconds": round(delivery_secs, 3),
             "per_second": round(total.delivered as f64 / delivery_secs.max(1e-9), 0),
-            "latency_ms": millis(&latency_us),
+            "latency_ms": millis(&total.latency_us),
         },
         // The same sockets, schedule and timing against a trivial echo server (see echo.rs).
         "echo_floor": floor.as_ref().map(|f| f.json.clone()),
@@ -1311,4 +1292,21 @@ async fn publish_at_rate(
         .expect("every task ended")
         .into_inner()
         .unwrap()
+}
+
+/// Starts this executable again as `subcommand` with `plan` as its JSON argument, stdin and
+/// stdout piped to the conductor; killed if the conductor drops it.
+pub(crate) fn spawn_self(
+    exe: &std::path::Path,
+    subcommand: &str,
+    plan: &impl serde::Serialize,
+) -> std::io::Result<Child> {
+    tokio::process::Command::new(exe)
+        .arg(subcommand)
+        .arg(serde_json::to_string(plan).expect("plans serialise"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
 }

@@ -139,6 +139,24 @@ pub struct Report {
     pub cpu_secs: f64,
 }
 
+impl Report {
+    /// Adds another worker's report to this one (CPU time is each worker's own: not summed).
+    pub fn absorb(&mut self, other: &Report) {
+        self.expected += other.expected;
+        self.delivered += other.delivered;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.misrouted += other.misrouted;
+        self.unexpected += other.unexpected;
+        self.malformed += other.malformed;
+        for (reason, n) in &other.closed {
+            *self.closed.entry(reason.clone()).or_default() += n;
+        }
+        self.latency_us.merge(&other.latency_us);
+        self.last_rx_ns = self.last_rx_ns.max(other.last_rx_ns);
+    }
+}
+
 /// Nanoseconds since the Unix epoch: one clock for publisher and clients on one machine.
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +34,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::histogram::Histogram;
 use crate::protocol::{expected, now_ns};
-use crate::{millis, publish_at_rate, round, stage, worker, Options, SocketCount, Source, Stage};
+use crate::{
+    millis, publish_at_rate, round, spawn_self, stage, worker, Options, SocketCount, Source, Stage,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StormPlan {
@@ -662,14 +664,7 @@ pub async fn run(o: Options) -> Result<Value, String> {
             jitter_ms: o.jitter_ms,
             connect_inflight: o.connect_inflight,
         };
-        let mut child = tokio::process::Command::new(&exe)
-            .arg("storm-worker")
-            .arg(serde_json::to_string(&plan).expect("plans serialise"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
+        let mut child = spawn_self(&exe, "storm-worker", &plan)
             .map_err(|e| format!("spawning storm worker {w}: {e}"))?;
         let stdout = child.stdout.take().expect("piped");
         stdins.push(child.stdin.take().expect("piped"));
