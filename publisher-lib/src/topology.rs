@@ -163,7 +163,7 @@ impl SentinelConfig {
                 )));
             }
             let credentials = match &self.sentinel_password {
-                Some(password) => format!(":{}@", percent_encode(password)),
+                Some(password) => format!(":{}@", crate::wire::percent_encode(password)),
                 None => String::new(),
             };
             urls.push(format!("redis://{credentials}{address}"));
@@ -181,18 +181,6 @@ impl SentinelConfig {
         )
         .map_err(PublishError::InvalidConfig)
     }
-}
-
-/// Passwords may hold URL-special characters.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Makes connections to whichever node the sentinels name master right now.
@@ -524,6 +512,9 @@ mod tests {
 
     #[test]
     fn passwords_are_percent_encoded_for_the_sentinel_urls() {
-        assert_eq!(percent_encode("a b@c:d/%"), "a%20b%40c%3Ad%2F%25");
+        assert_eq!(
+            crate::wire::percent_encode("a b@c:d/%"),
+            "a%20b%40c%3Ad%2F%25"
+        );
     }
 }

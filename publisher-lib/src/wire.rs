@@ -306,6 +306,19 @@ pub fn check_payload(payload: &[u8], max_bytes: usize) -> Result<PayloadInfo, Pa
     })
 }
 
+/// `text` percent-encoded for the user or password part of a `redis://` URL (passwords may
+/// hold URL-special characters).
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

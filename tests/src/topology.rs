@@ -74,7 +74,7 @@ impl RedisNode {
         match &self.password {
             Some(password) => format!(
                 "redis://:{}@127.0.0.1:{}",
-                percent_encode(password),
+                publisher::wire::percent_encode(password),
                 self.port
             ),
             None => format!("redis://127.0.0.1:{}", self.port),
@@ -149,18 +149,6 @@ impl Drop for RedisNode {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// For passwords in URLs.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Polls `done` every 20 ms until it holds; panics naming `what` after `deadline`.

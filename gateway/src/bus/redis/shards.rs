@@ -560,7 +560,7 @@ impl ClusterSubscriber {
     async fn ask<T: redis::FromRedisValue>(&self, node: &str, cmd: &redis::Cmd) -> Option<T> {
         let ask = async {
             let url = match &self.password {
-                Some(p) => format!("redis://:{}@{node}", urlencode(p)),
+                Some(p) => format!("redis://:{}@{node}", publisher::wire::percent_encode(p)),
                 None => format!("redis://{node}"),
             };
             let client = redis::Client::open(url).ok()?;
@@ -955,17 +955,6 @@ async fn read_link(
             return;
         }
     }
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
